@@ -1,0 +1,135 @@
+"""Batches of token windows: seeded, mixed across sources by weight, resumable to the exact sample.
+
+Each document becomes ``[BOS] + tokens + [EOS]``; documents are packed back to back and cut into
+windows of ``seq_len + 1`` tokens (inputs ``w[:-1]``, targets ``w[1:]``); consecutive windows share one
+token so that every transition in the stream is trained once.
+
+A loader's position is a few integers per source (data epoch, file, document), the seeded source
+sampler's state and the few tokens left over from the last document, so ``state_dict()`` is small
+JSON and a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from lmlab.data.sources import Source
+from lmlab.data.tokenizers import Tokenizer, encode_batch
+from lmlab.errors import LmlabError
+
+
+class PackedStream:
+    """One source's documents in seeded order, tokenized and packed into fixed windows."""
+
+    def __init__(self, source: Source, index: int, tokenizer: Tokenizer, window: int, seed: int,
+                 shuffle: bool = True):
+        self.source, self.index, self.tokenizer = source, index, tokenizer
+        self.window, self.seed, self.shuffle = window, seed, shuffle
+        self.epoch = self.file_pos = self.doc_pos = 0
+        self.buffer: list[int] = []
+        self._orders: dict[tuple, np.ndarray] = {}
+
+    def _order(self, key: tuple, n: int) -> np.ndarray:
+        """Visiting order of n items, a pure function of (seed, source, key), cached."""
+        full = (self.seed, self.index) + key
+        if full not in self._orders:
+            if len(self._orders) > 64:
+                self._orders.clear()
+            rng = np.random.default_rng(list(full))
+            self._orders[full] = rng.permutation(n) if self.shuffle else np.arange(n)
+        return self._orders[full]
+
+    def _next_document(self) -> str:
+        files = self.source.files
+        empty_files = 0
+        while True:
+            if self.file_pos >= len(files):
+                self.epoch, self.file_pos, self.doc_pos = self.epoch + 1, 0, 0
+            doc_file = files[self._order((self.epoch,), len(files))[self.file_pos]]
+            if self.doc_pos >= len(doc_file):
+                self.file_pos, self.doc_pos = self.file_pos + 1, 0
+                empty_files += 1
+                if empty_files > 2 * len(files):  # a full pass found no document at all
+                    raise LmlabError(f"source {self.source.name!r} has no documents to train on.")
+                continue
+            key = (self.epoch, int(self._order((self.epoch,), len(files))[self.file_pos]))
+            doc = doc_file.text(int(self._order(key, len(doc_file))[self.doc_pos]))
+            self.doc_pos += 1
+            if doc is not None:
+                return doc
+
+    def next_window(self) -> list[int]:
+        tok = self.tokenizer
+        while len(self.buffer) < self.window:
+            self.buffer += [tok.bos_id] + tok.encode(self._next_document()) + [tok.eos_id]
+        window = self.buffer[: self.window]
+        del self.buffer[: self.window - 1]  # keep the last token: it is the next window's first input
+        return window
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "file_pos": self.file_pos, "doc_pos": self.doc_pos,
+                "buffer": list(self.buffer)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.file_pos, self.doc_pos = state["epoch"], state["file_pos"], state["doc_pos"]
+        self.buffer = list(state["buffer"])
+
+
+class PackedLoader:
+    """Endless (batch_size, seq_len + 1) int64 batches; each row drawn from a source by weight."""
+
+    def __init__(self, sources: list[Source], tokenizer: Tokenizer, batch_size: int, seq_len: int,
+                 seed: int, shuffle: bool = True):
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.streams = [PackedStream(s, i, tokenizer, seq_len + 1, seed, shuffle)
+                        for i, s in enumerate(sources)]
+        weights = np.array([s.weight for s in sources], dtype=np.float64)
+        self.probs = weights / weights.sum()
+        self.rng = np.random.default_rng([seed, 7919])  # separate stream from the document orders
+
+    def next_batch(self) -> torch.Tensor:
+        picks = self.rng.choice(len(self.streams), size=self.batch_size, p=self.probs)
+        rows = [self.streams[i].next_window() for i in picks]
+        return torch.tensor(rows, dtype=torch.long)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "streams": [s.state_dict() for s in self.streams]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        for stream, stream_state in zip(self.streams, state["streams"], strict=True):
+            stream.load_state_dict(stream_state)
+
+
+def validation_windows(sources: list[Source], tokenizer: Tokenizer, seq_len: int,
+                       max_windows: int | None = None) -> torch.Tensor:
+    """Every validation document, in file order, packed into (N, seq_len + 1) windows.
+
+    Deterministic (no shuffling), so validation numbers are comparable across steps and runs. The
+    tail shorter than a window is dropped; ``max_windows`` caps the work for a token budget.
+    """
+    windows: list[list[int]] = []
+    for source in sources:
+        buffer: list[int] = []
+        for doc_file in source.files:
+            texts = list(doc_file.texts())
+            for ids in encode_batch(tokenizer, texts):
+                buffer += [tokenizer.bos_id] + ids + [tokenizer.eos_id]
+                while len(buffer) >= seq_len + 1:
+                    windows.append(buffer[: seq_len + 1])
+                    del buffer[:seq_len]
+                    if max_windows is not None and len(windows) >= max_windows:
+                        return torch.tensor(windows, dtype=torch.long)
+    return torch.tensor(windows, dtype=torch.long).reshape(-1, seq_len + 1)
+
+
+def fixed_batches(windows: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive batches of a fixed window tensor (the last may be smaller)."""
+    for start in range(0, len(windows), batch_size):
+        yield windows[start: start + batch_size]

@@ -1,0 +1,61 @@
+"""From a RunConfig to ready data: the tokenizer, the training batches and the validation batches."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from lmlab.data import loader, sources
+from lmlab.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass
+class RunData:
+    tokenizer: Tokenizer
+    train: loader.PackedLoader  # anything with next_batch / state_dict / load_state_dict
+    val_batches: Callable[[], Iterable[torch.Tensor]]
+    total_steps: int
+    byte_lengths: torch.Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
+    pad_id: int | None
+
+
+def prepare_tokenizer(cfg, run_dir: Path, texts: Callable[[], Iterable[str]]) -> Tokenizer:
+    """The run's tokenizer: reloaded from the run directory, loaded from a path, or trained and saved."""
+    saved = Path(run_dir) / TOKENIZER_FILE
+    if saved.is_file():
+        return load_tokenizer(saved)
+    tokenizer = load_tokenizer(Path(cfg.path)) if cfg.path else train_tokenizer(cfg, texts())
+    save_tokenizer(tokenizer, saved)
+    return tokenizer
+
+
+def build_data(cfg, run_dir: Path) -> RunData:
+    data = cfg.data
+    train_sources = sources.training_sources(data)
+    tokenizer = prepare_tokenizer(
+        data.tokenizer, run_dir, lambda: itertools.chain.from_iterable(s.texts() for s in train_sources))
+    train = loader.PackedLoader(train_sources, tokenizer, data.batch_size, data.seq_len, cfg.seed,
+                                data.shuffle)
+    return RunData(tokenizer, train, _cached_validation(cfg, tokenizer), cfg.steps,
+                   torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.float64), tokenizer.pad_id)
+
+
+def _cached_validation(cfg, tokenizer: Tokenizer) -> Callable[[], Iterable[torch.Tensor]]:
+    """Validation windows are tokenized once, on first use, and reused at every validation."""
+    cache: list[torch.Tensor] = []
+    budget = cfg.eval.validation.max_steps
+
+    def batches() -> Iterable[torch.Tensor]:
+        if not cache:
+            windows = loader.validation_windows(sources.validation_sources(cfg.data), tokenizer,
+                                                cfg.data.seq_len,
+                                                budget * cfg.data.batch_size if budget else None)
+            cache.append(windows)
+        return loader.fixed_batches(cache[0], cfg.data.batch_size)
+
+    return batches

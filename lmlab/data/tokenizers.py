@@ -1,0 +1,236 @@
+"""Tokenizers: bytes, BPE (HF ``tokenizers``) and word-level, behind one small protocol.
+
+Every tokenizer is saved as ``tokenizer.json`` in the run directory and reloaded from there, so
+evaluation and generation always use the exact vocabulary the model was trained with.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Protocol
+
+from lmlab.errors import LmlabError, Problem
+
+TOKENIZERS = ("bytes", "bpe", "word")
+
+
+@dataclass
+class TokenizerConfig:
+    """Which tokenizer turns text into ids."""
+
+    name: str = field(default="bytes", metadata={
+        "help": "bytes (256 byte ids + BOS 256 + EOS 257), bpe (trained on the training text with "
+                "HF tokenizers) or word (lowercased whitespace words, most frequent first).",
+        "choices": list(TOKENIZERS)})
+    vocab_size: int = field(default=0, metadata={
+        "help": "Vocabulary size for bpe / word (0 = 4096 for bpe, 1000 for word; bytes is 258)."})
+    path: str = field(default="", metadata={
+        "help": "Load this saved tokenizer.json instead of training one (bpe / word)."})
+    train_max_bytes: int = field(default=50_000_000, metadata={
+        "help": "Read at most this much training text to train a bpe / word tokenizer."})
+
+
+DEFAULT_VOCAB = {"bytes": 258, "bpe": 4096, "word": 1000}
+
+
+def check(cfg: TokenizerConfig) -> list[Problem]:
+    problems = []
+    if cfg.name == "bytes" and cfg.vocab_size not in (0, 258):
+        problems.append(Problem("data.tokenizer.vocab_size", f"bytes has vocab 258, got "
+                                f"{cfg.vocab_size}.", "remove data.tokenizer.vocab_size"))
+    if cfg.name != "bytes" and cfg.vocab_size and cfg.vocab_size < 8:
+        problems.append(Problem("data.tokenizer.vocab_size", f"too small: {cfg.vocab_size}.",
+                                "set data.tokenizer.vocab_size to at least a few hundred"))
+    if cfg.path and not Path(cfg.path).is_file():
+        problems.append(Problem("data.tokenizer.path", f"{cfg.path} does not exist.",
+                                "point it at a tokenizer.json from an lmlab run, or remove it"))
+    return problems
+
+
+def configured_vocab_size(cfg: TokenizerConfig) -> int:
+    """Vocabulary size the model is built with, known before any tokenizer is trained."""
+    return 258 if cfg.name == "bytes" else (cfg.vocab_size or DEFAULT_VOCAB[cfg.name])
+
+
+class Tokenizer(Protocol):
+    name: str
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    pad_id: int | None
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids, without BOS/EOS."""
+        ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 bytes of text each id stands for (0 for specials); the denominator of bits/byte."""
+        ...
+
+    def to_json(self) -> dict: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0..255, then BOS=256 and EOS=257 (vocab 258). Needs no training."""
+
+    name = "bytes"
+    vocab_size = 258
+    bos_id, eos_id, pad_id = 256, 257, None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def token_byte_lengths(self) -> list[int]:
+        return [1] * 256 + [0, 0]
+
+    def to_json(self) -> dict:
+        return {"lmlab_tokenizer": "bytes"}
+
+
+class WordTokenizer:
+    """Lowercased whitespace words: PAD=0, UNK=1, BOS=2, EOS=3, then the most frequent words.
+
+    Ties in frequency keep first-occurrence order; a literal ``<unk>`` (WikiText's rare-word marker)
+    maps to UNK and is never a vocabulary entry.
+    """
+
+    name = "word"
+    SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
+    pad_id, unk_id, bos_id, eos_id = 0, 1, 2, 3
+
+    def __init__(self, words: list[str]):
+        self.itos = list(self.SPECIALS) + list(words)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.stoi["<unk>"] = self.unk_id
+        self.vocab_size = len(self.itos)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "WordTokenizer":
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(text.lower().split())
+        counts.pop("<unk>", None)
+        for special in cls.SPECIALS:
+            counts.pop(special, None)
+        # most_common sorts stably, so equal counts keep first-occurrence order
+        return cls([w for w, _ in counts.most_common(vocab_size - len(cls.SPECIALS))])
+
+    def encode(self, text: str) -> list[int]:
+        unk = self.unk_id
+        return [self.stoi.get(w, unk) for w in text.lower().split()]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.itos[i] for i in ids if i >= len(self.SPECIALS) or i == self.unk_id)
+
+    def token_byte_lengths(self) -> list[int]:
+        # A word stands for its UTF-8 bytes plus the separating space; EOS for the newline.
+        return [0, len("<unk>") + 1, 0, 1] + [len(w.encode("utf-8")) + 1 for w in self.itos[4:]]
+
+    def to_json(self) -> dict:
+        return {"lmlab_tokenizer": "word", "words": self.itos[len(self.SPECIALS):]}
+
+
+class BPETokenizer:
+    """Byte-level BPE trained with HF ``tokenizers``; specials <|bos|>=0, <|eos|>=1, <|pad|>=2."""
+
+    name = "bpe"
+    SPECIALS = ("<|bos|>", "<|eos|>", "<|pad|>")
+    bos_id, eos_id, pad_id = 0, 1, 2
+
+    def __init__(self, hf_tokenizer):
+        self._tok = hf_tokenizer
+        self.vocab_size = hf_tokenizer.get_vocab_size()
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=list(cls.SPECIALS), show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BPETokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return cls(HFTokenizer.from_str(json.dumps(data)))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def token_byte_lengths(self) -> list[int]:
+        # Byte-level BPE maps every byte to one printable character, so a token's string length
+        # is the number of bytes it stands for.
+        lengths = [0] * self.vocab_size
+        for token, idx in self._tok.get_vocab().items():
+            lengths[idx] = 0 if token in self.SPECIALS else len(token)
+        return lengths
+
+    def to_json(self) -> dict:
+        return json.loads(self._tok.to_str())
+
+
+def tokenizer_from_json(data: dict) -> Tokenizer:
+    kind = data.get("lmlab_tokenizer")
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == "word":
+        return WordTokenizer(list(data["words"]))
+    if "model" in data:  # HF tokenizers' own format
+        return BPETokenizer.from_json(data)
+    raise LmlabError(f"unrecognised tokenizer file (lmlab_tokenizer={kind!r}).")
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
+    path.write_text(json.dumps(tokenizer.to_json(), ensure_ascii=False), encoding="utf-8")
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise LmlabError(f"cannot read tokenizer {path}: {err}. Fix: point data.tokenizer.path at "
+                         "a tokenizer.json written by lmlab.") from None
+    return tokenizer_from_json(data)
+
+
+def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
+    """A new tokenizer of kind ``cfg.name``; bytes ignores ``texts``."""
+    if cfg.name == "bytes":
+        return ByteTokenizer()
+    vocab = configured_vocab_size(cfg)
+    trainer = {"bpe": BPETokenizer.train, "word": WordTokenizer.train}[cfg.name]
+    return trainer(_capped(texts, cfg.train_max_bytes), vocab)
+
+
+def _capped(texts: Iterable[str], max_bytes: int) -> Iterable[str]:
+    seen = 0
+    for text in texts:
+        yield text
+        seen += len(text)
+        if seen >= max_bytes:
+            return
+
+
+def encode_batch(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Encode many texts at once (HF tokenizers batch in Rust threads)."""
+    batch = getattr(tokenizer, "encode_batch", None)
+    return batch(texts) if batch else [tokenizer.encode(t) for t in texts]

@@ -1,0 +1,76 @@
+"""Validation loss, perplexity, bits per byte and next-token accuracy: a pure function of (model, batches).
+
+Conventions (also in reports): ``val/loss`` is the mean cross-entropy in nats per predicted token;
+``val/ppl = exp(val/loss)``; ``val/bpb`` is the summed cross-entropy in bits divided by the UTF-8
+bytes the target tokens stand for (comparable across tokenizers); ``val/acc`` is the share of targets
+whose argmax prediction is right. Ignored targets (padding, id -100) count in none of them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.errors import Problem
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ValidationConfig:
+    """Validation on held-out text during and after training."""
+
+    enabled: bool = field(default=True, metadata={
+        "help": "Compute validation metrics (jsonl sources need *.val.jsonl files)."})
+    every: int = field(default=0, metadata={
+        "help": "Validate every this many steps (0: only at the end; epoch mode: every epoch)."})
+    max_steps: int = field(default=0, metadata={
+        "help": "Use at most this many validation batches (0: the whole validation set)."})
+
+
+def check(cfg: ValidationConfig) -> list[Problem]:
+    problems = []
+    for key in ("every", "max_steps"):
+        if getattr(cfg, key) < 0:
+            problems.append(Problem(f"eval.validation.{key}", f"must be >= 0, got {getattr(cfg, key)}.",
+                                    f"set eval.validation.{key}=0"))
+    return problems
+
+
+def split_window(batch: torch.Tensor, pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T+1) windows -> inputs (B, T) and targets (B, T); padding targets become IGNORE_INDEX."""
+    inputs, targets = batch[:, :-1], batch[:, 1:].clone()
+    if pad_id is not None:
+        targets[targets == pad_id] = IGNORE_INDEX
+    return inputs, targets
+
+
+@torch.no_grad()
+def evaluate(model, batches: Iterable[torch.Tensor], byte_lengths: torch.Tensor, device: torch.device,
+             pad_id: int | None = None, autocast=None) -> dict:
+    """Metrics over every batch; ``byte_lengths[v]`` is the UTF-8 byte count token v stands for."""
+    was_training = model.training
+    model.eval()
+    byte_lengths = byte_lengths.to(device)
+    nll = correct = count = n_bytes = 0.0
+    for batch in batches:
+        inputs, targets = (t.to(device) for t in split_window(batch, pad_id))
+        with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            logits = model(inputs)
+        logits = logits.float().flatten(0, 1)  # (B*T, V)
+        flat = targets.flatten()
+        mask = flat != IGNORE_INDEX
+        nll += F.cross_entropy(logits, flat, ignore_index=IGNORE_INDEX, reduction="sum").item()
+        correct += ((logits.argmax(-1) == flat) & mask).sum().item()
+        count += mask.sum().item()
+        n_bytes += byte_lengths[flat[mask]].sum().item()
+    model.train(was_training)
+    if count == 0:
+        return {}
+    loss = nll / count
+    return {"val/loss": loss, "val/ppl": math.exp(min(loss, 700.0)),
+            "val/bpb": nll / math.log(2) / n_bytes if n_bytes else float("nan"),
+            "val/acc": correct / count, "val/tokens": int(count)}

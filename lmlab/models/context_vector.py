@@ -1,0 +1,229 @@
+"""The "context vector propagation" language model: a deep MLP plus one gated recurrent vector.
+
+At every position t the token embedding is concatenated with a context vector c_{t-1}, a plain
+ReLU MLP (no residuals, no norms) turns it into a hidden state h_t, the head reads the logits
+off h_t, and three gates computed from h_t write it into the context:
+
+    h_t      = FNN([emb(x_t), c_{t-1}])
+    logits_t = head(h_t)
+    u, f, i  = W_u h_t + b_u,  sigmoid(W_f h_t + b_f),  sigmoid(W_i h_t + b_i)
+    c_t      = clamp(LayerNorm(f * c_{t-1} + i * u), -10, 10)          (c_{-1} = 0)
+
+The context is the only thing carried between positions, so the model is recurrent and has no
+length limit. It implements ``lmlab.models.protocol.LanguageModel``; the state is c, (B, C).
+
+Two formulations share the parameters:
+
+* ``step`` / ``forward`` (the fast path): everything that does not depend on c is taken out of
+  the time loop -- the embedding's share of the first layer is one (B*T, E) @ (E, H) matmul
+  before it, the head is one (B*T, H) @ (H, V) matmul after it -- and the loop body is lean:
+  ``addmm`` with fused bias, the three gates as one matmul, and ReLU + dropout fused into one
+  autograd op whose mask is drawn from cheap 16-bit random integers (see ``_relu_dropout``).
+* ``forward_reference``: the textbook per-token loop (cat, every layer, head, per position).
+  Tests check the fast path against it; the benchmark times the two.
+
+Shape legend used in the comments:
+    B   batch size
+    T   time (number of tokens in this call)
+    E   embedding dim
+    H   hidden dim (width of every FNN layer)
+    C   context dim
+    V   vocabulary size
+    L   number of FNN layers
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CONTEXT_CLAMP = 10.0  # the context is clipped to [-CONTEXT_CLAMP, CONTEXT_CLAMP] after its LayerNorm
+
+
+@dataclass
+class ContextVectorConfig:
+    """Hyperparameters of :class:`ContextVectorLM`; the defaults give ~2.7M params at V = 1000."""
+
+    vocab_size: int = field(
+        default=0, metadata={"help": "Vocabulary size V; 0 means the builder takes it from the tokenizer."}
+    )
+    embed_dim: int = field(default=256, metadata={"help": "Token embedding width E."})
+    hidden_dim: int = field(default=512, metadata={"help": "Width H of every FNN layer (and of the hidden state)."})
+    n_layers: int = field(default=6, metadata={"help": "Number of Linear+ReLU+Dropout layers L in the FNN."})
+    context_dim: int = field(default=256, metadata={"help": "Width C of the context vector carried between positions."})
+    dropout: float = field(default=0.1, metadata={"help": "Dropout probability after every FNN layer (training only)."})
+
+
+def _validate(cfg: ContextVectorConfig) -> None:
+    """Fail at construction, not deep inside a matmul, on configs that cannot work."""
+    if cfg.vocab_size <= 0:
+        raise ValueError(f"vocab_size must be > 0 (got {cfg.vocab_size}); set it from the tokenizer")
+    for name in ("embed_dim", "hidden_dim", "n_layers", "context_dim"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name} must be > 0 (got {getattr(cfg, name)})")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1) (got {cfg.dropout})")
+
+
+class _ReluDropout(torch.autograd.Function):
+    """y = relu(x) * keep / (1 - p) as one autograd node.
+
+    Why: on CPU, ``F.dropout`` spends more time drawing its Bernoulli mask than the
+    (B, H) @ (H, H) matmul before it takes. Here the mask comes from 16-bit random integers
+    (four per 64-bit draw), and backward needs only y itself -- x > 0 and kept <=> y > 0 -- which
+    the next Linear saves anyway, so no float mask and no pre-activation are kept.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:  # x: (B, H)
+        # keep iff a uniform int16 r >= threshold, i.e. with probability 1 - threshold' / 2^16
+        # where threshold' = round(p * 2^16); the scale uses that exact keep probability.
+        threshold = round(p * 65536)
+        scale = 65536.0 / (65536 - threshold)
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        r = bits.view(torch.int16)[:n].view_as(x)  # (B, H) uniform over [-32768, 32767]
+        keep = r >= threshold - 32768
+        y = torch.where(keep, x, 0.0).relu_().mul_(scale)
+        ctx.save_for_backward(y)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor) -> tuple[Tensor, None]:
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0, grad_y * ctx.scale, 0.0), None
+
+
+def _relu_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """ReLU then dropout; in eval mode (or p == 0) just an in-place ReLU on the fresh matmul output."""
+    if training and p > 0:
+        return _ReluDropout.apply(x, p)
+    return torch.relu_(x)
+
+
+class ContextVectorLM(nn.Module):
+    """Deep ReLU MLP over [emb(x_t), c_{t-1}] with a gated, LayerNormed context vector c."""
+
+    max_seq_len = None  # recurrent: any length
+
+    def __init__(self, cfg: ContextVectorConfig) -> None:
+        super().__init__()
+        _validate(cfg)
+        self.cfg = cfg
+        E, H, C, V = cfg.embed_dim, cfg.hidden_dim, cfg.context_dim, cfg.vocab_size
+        self.embed = nn.Embedding(V, E)
+        # layers[0] reads [emb, c]: its weight's columns [:E] see the embedding, [E:] the context
+        self.layers = nn.ModuleList([nn.Linear(E + C, H)] + [nn.Linear(H, H) for _ in range(cfg.n_layers - 1)])
+        self.head = nn.Linear(H, V)
+        # the u, f, i projections stacked row-wise into one (3C, H) matmul: rows [u; f; i]
+        self.gates = nn.Linear(H, 3 * C)
+        self.norm = nn.LayerNorm(C)
+        #: GPU only: run the loop body through torch.compile (fewer kernel launches); ignored on CPU
+        self.compile_step = False
+        self._compiled_body = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 0.02) for every Linear/Embedding weight, zero biases, LayerNorm at (1, 0)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+        self.norm.reset_parameters()
+
+    # ------------------------------------------------------------------ protocol
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def flops_per_token(self, seq_len: int) -> tuple[int, str]:
+        n = self.num_params() - self.cfg.vocab_size * self.cfg.embed_dim
+        return 6 * n, "6N (N = params excluding the input embedding; each weight is used once per token)"
+
+    def init_state(self, batch_size: int) -> Tensor:
+        """The empty context: zeros (B, C) on the model's device and dtype."""
+        w = self.head.weight
+        return torch.zeros(batch_size, self.cfg.context_dim, device=w.device, dtype=w.dtype)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(B, T) ids -> (B, T, V) logits; the context starts at zero for every sequence."""
+        logits, _ = self.step(tokens, self.init_state(tokens.shape[0]))
+        return logits
+
+    def step(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T) ids after context ``state`` (B, C) -> ((B, T, V) logits, new context (B, C))."""
+        E = self.cfg.embed_dim
+        first = self.layers[0]
+        w_emb, w_ctx = first.weight[:, :E], first.weight[:, E:]  # (H, E), (H, C) views, no copy
+        # the embedding's share of layer 0 for all positions at once, time-major so that every
+        # step reads a contiguous (B, H) slice: (T, B, E) @ (E, H) + b -> (T, B, H)
+        emb_part = F.linear(self.embed(tokens.t()), w_emb, first.bias)
+        hidden, context = self._scan(emb_part, state, w_ctx)  # (B, T, H), (B, C)
+        return self.head(hidden), context  # one (B*T, H) @ (H, V) matmul for all positions
+
+    # ------------------------------------------------------------------ fast path
+    def _scan(self, emb_part: Tensor, context: Tensor, w_ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """Run the recurrence over time: (T, B, H) layer-0 embedding share, (B, C) -> (B, T, H), (B, C)."""
+        body = self._loop_body()
+        w_ctx_t = w_ctx.t()  # (C, H)
+        hiddens = []
+        # unbind, not emb_part[t]: the backward of T selects would scatter into T zero-filled
+        # (T, B, H) buffers; unbind's backward is one stack
+        for emb_part_t in emb_part.unbind(0):
+            h, context = body(emb_part_t, context, w_ctx_t)
+            hiddens.append(h)
+        # stacking on dim 1 gives (B, T, H) directly, so the head's output is (B, T, V) contiguous
+        return torch.stack(hiddens, dim=1), context
+
+    def _loop_body(self):
+        """The per-position step, compiled when ``compile_step`` is set and the model is on a GPU."""
+        if not (self.compile_step and self.head.weight.is_cuda):
+            return self._step_position
+        if self._compiled_body is None:
+            self._compiled_body = torch.compile(self._step_position, dynamic=False)
+        return self._compiled_body
+
+    def _step_position(self, emb_part_t: Tensor, context: Tensor, w_ctx_t: Tensor) -> tuple[Tensor, Tensor]:
+        """One position: (B, H) embedding share of layer 0, (B, C) context -> (B, H) hidden, (B, C) context."""
+        p, training = self.cfg.dropout, self.training
+        h = _relu_dropout(torch.addmm(emb_part_t, context, w_ctx_t), p, training)  # (B, H)
+        for layer in self.layers[1:]:
+            h = _relu_dropout(torch.addmm(layer.bias, h, layer.weight.t()), p, training)
+        return h, self._update_context(h, context)
+
+    def _update_context(self, h: Tensor, context: Tensor) -> Tensor:
+        """c <- clamp(LayerNorm(f * c + i * u), -10, 10) with u, f, i from one fused (B, H) @ (H, 3C)."""
+        C = self.cfg.context_dim
+        g = torch.addmm(self.gates.bias, h, self.gates.weight.t())  # (B, 3C) = [u | f | i]
+        u = g[:, :C]
+        fi = torch.sigmoid(g[:, C:])  # (B, 2C), one kernel for both gates
+        mixed = torch.addcmul(fi[:, :C] * context, fi[:, C:], u)  # f * c + i * u, (B, C)
+        normed = F.layer_norm(mixed, (C,), self.norm.weight, self.norm.bias, self.norm.eps)
+        return normed.clamp_(-CONTEXT_CLAMP, CONTEXT_CLAMP)
+
+    # ------------------------------------------------------------------ reference path
+    def forward_reference(self, tokens: Tensor) -> Tensor:
+        """The straightforward per-token loop with the same parameters: (B, T) -> (B, T, V).
+
+        At each t: cat([emb(x_t), c]), every Linear (layer 0 included) as a whole, the head on
+        that one position, then the three gates as three separate projections.
+        """
+        B, T = tokens.shape
+        C = self.cfg.context_dim
+        context = self.init_state(B)  # (B, C)
+        w_u, w_f, w_i = self.gates.weight.split(C, dim=0)  # three (C, H)
+        b_u, b_f, b_i = self.gates.bias.split(C, dim=0)
+        logits = []
+        for t in range(T):
+            h = torch.cat([self.embed(tokens[:, t]), context], dim=-1)  # (B, E + C)
+            for layer in self.layers:
+                h = F.dropout(F.relu(layer(h)), self.cfg.dropout, self.training)  # (B, H)
+            logits.append(self.head(h))  # (B, V)
+            u = F.linear(h, w_u, b_u)
+            f = torch.sigmoid(F.linear(h, w_f, b_f))
+            i = torch.sigmoid(F.linear(h, w_i, b_i))
+            context = torch.clamp(self.norm(f * context + i * u), -CONTEXT_CLAMP, CONTEXT_CLAMP)
+        return torch.stack(logits, dim=1)  # (B, T, V)

@@ -1,0 +1,45 @@
+"""The one interface every model family implements.
+
+Training, validation, the lm-eval adapter and the generator read models only through this
+protocol, so a new family is one new file in ``models/`` plus one line in ``registry.py``.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A causal language model over token ids.
+
+    ``State`` is family specific (a KV cache for the transformer, the context vector for the
+    recurrent model); callers treat it as opaque and only pass it back to ``step``.
+    """
+
+    #: longest sequence ``forward``/``step`` accept, or ``None`` when unbounded (recurrent models)
+    max_seq_len: int | None
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(B, T) int64 token ids -> (B, T, V) logits for the next token at every position."""
+        ...
+
+    def init_state(self, batch_size: int) -> Any:
+        """Empty decoding state for ``batch_size`` sequences, on the model's device."""
+        ...
+
+    def step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """Consume (B, T) new tokens after ``state``; return their (B, T, V) logits and the new state.
+
+        Feeding a sequence in pieces through ``step`` gives the same logits as one ``forward``.
+        """
+        ...
+
+    def num_params(self) -> int:
+        """Number of trainable parameters."""
+        ...
+
+    def flops_per_token(self, seq_len: int) -> tuple[int, str]:
+        """Training FLOPs (forward + backward) per token at ``seq_len``, and the formula's name."""
+        ...

@@ -1,0 +1,77 @@
+"""Model families by name, and the one function that builds a model from its config.
+
+Adding a family: write ``models/<family>.py`` (a config dataclass with a ``name`` field plus an
+``nn.Module`` implementing ``LanguageModel``) and add one line to ``MODELS``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+from lmlab.errors import Problem
+from lmlab.models.context_vector import ContextVectorConfig, ContextVectorLM
+from lmlab.models.protocol import LanguageModel
+from lmlab.models.transformer import Transformer, TransformerConfig
+
+
+class ModelFamily(NamedTuple):
+    config_class: type
+    model_class: type
+
+
+MODELS: dict[str, ModelFamily] = {
+    "transformer": ModelFamily(TransformerConfig, Transformer),
+    "context_vector": ModelFamily(ContextVectorConfig, ContextVectorLM),
+}
+DEFAULT_MODEL = "transformer"
+
+
+def model_config_class(name: str) -> type:
+    return MODELS[name].config_class
+
+
+def resolve_model_config(cfg: Any, vocab_size: int, seq_len: int) -> Any:
+    """Fill the fields a model config leaves to the data side (0 = 'from the tokenizer / data')."""
+    updates = {}
+    if getattr(cfg, "vocab_size", None) == 0:
+        updates["vocab_size"] = vocab_size
+    if getattr(cfg, "max_seq_len", None) == 0:
+        updates["max_seq_len"] = seq_len
+    return dataclasses.replace(cfg, **updates) if updates else cfg
+
+
+def build_model(cfg: Any) -> LanguageModel:
+    """Instantiate the family named by ``cfg.name`` (parameters initialised on the current device)."""
+    return MODELS[cfg.name].model_class(cfg)
+
+
+def build_on_meta(cfg: Any) -> LanguageModel:
+    """The model with shapes but no storage: instant, for parameter counts and shape checks."""
+    import torch
+
+    with torch.device("meta"):
+        return build_model(cfg)
+
+
+def check(cfg: Any, vocab_size: int, seq_len: int) -> list[Problem]:
+    """Sizes must be positive; anything the family's constructor rejects is reported too."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"model.{f.name}"
+        if f.name in ("vocab_size", "max_seq_len"):
+            if value < 0:
+                problems.append(Problem(key, f"must be >= 0 (0 = automatic), got {value}.", f"set {key}=0"))
+        elif f.name == "dropout" and not 0 <= value < 1:
+            problems.append(Problem(key, f"must be in [0, 1), got {value}.", f"set {key}=0.1"))
+        elif isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            problems.append(Problem(key, f"must be > 0, got {value}.", f"set {key} to a positive integer"))
+    max_len = getattr(cfg, "max_seq_len", 0)
+    if max_len and seq_len > max_len:
+        problems.append(Problem("model.max_seq_len", f"{max_len} is shorter than data.seq_len={seq_len}.",
+                                "raise model.max_seq_len or set it to 0 (= data.seq_len)"))
+    if not problems:
+        try:
+            build_on_meta(resolve_model_config(cfg, vocab_size, max(seq_len, 1)))
+        except ValueError as err:  # the family's own shape rules (e.g. dim % n_heads)
+            problems.append(Problem("model", str(err), "adjust the model sizes named above"))
+    return problems

@@ -1,0 +1,100 @@
+"""One validator for a whole run: every problem found before any model is built or data is read.
+
+Each component owns its checks (``data/sources.check``, ``training/optim.check`` ...); this module
+runs them all, adds the checks that span components, and raises one ``ConfigError`` listing each
+problem with its key and fix. It only lists files and probes the output directory.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lmlab import config as config_mod
+from lmlab.config import RunConfig
+from lmlab.data import sources, tokenizers
+from lmlab.errors import ConfigError, Problem
+from lmlab.evaluation import validation
+from lmlab.models import registry
+from lmlab.training import checkpoint, distributed, metrics, optim
+
+
+def load_and_check(path, overrides: list[str] = ()) -> RunConfig:
+    """Load a config and preflight it; raises one ConfigError with every problem of both stages."""
+    cfg, problems = config_mod.load_config_collecting(path, overrides)
+    flagged = {p.key for p in problems}
+    problems += [p for p in preflight_problems(cfg) if p.key not in flagged]
+    if problems:
+        raise ConfigError(problems, source=str(path or "defaults"))
+    return cfg
+
+
+def preflight_problems(cfg: RunConfig) -> list[Problem]:
+    data = cfg.data
+    val_enabled = cfg.eval.validation.enabled
+    problems = _run_problems(cfg)
+    problems += sources.check(data, val_enabled)
+    problems += tokenizers.check(data.tokenizer)
+    vocab = tokenizers.configured_vocab_size(data.tokenizer)
+    problems += registry.check(cfg.model, vocab, data.seq_len)
+    problems += optim.check(cfg.optim, data.batch_size)
+    problems += checkpoint.check(cfg.checkpoint)
+    problems += metrics.check(cfg.logging)
+    problems += validation.check(cfg.eval.validation)
+    return problems
+
+
+def _run_problems(cfg: RunConfig) -> list[Problem]:
+    problems = []
+    if cfg.epochs < 0:
+        problems.append(Problem("epochs", f"must be >= 0, got {cfg.epochs}.", "set epochs=0 (step mode)"))
+    if cfg.epochs == 0 and cfg.steps <= 0:
+        problems.append(Problem("steps", f"must be > 0, got {cfg.steps}.", "set steps=1000"))
+    accum = cfg.training.grad_accum
+    if accum <= 0:
+        problems.append(Problem("training.grad_accum", f"must be > 0, got {accum}.",
+                                "set training.grad_accum=1"))
+    elif cfg.data.batch_size > 0 and cfg.data.batch_size % accum:
+        problems.append(Problem("data.batch_size", f"{cfg.data.batch_size} is not divisible by "
+                                f"training.grad_accum={accum}.", "make data.batch_size a multiple of "
+                                "training.grad_accum"))
+    problems += _device_problems(cfg)
+    problem = _dump_dir_problem(Path(cfg.dump_dir))
+    if problem:
+        problems.append(problem)
+    message = distributed.check_single_process()
+    if message:
+        problems.append(Problem("launch", message, "run lmlab as a single process"))
+    return problems
+
+
+def _device_problems(cfg: RunConfig) -> list[Problem]:
+    problems = []
+    has_cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not has_cuda:
+        problems.append(Problem("device", "cuda requested but no CUDA GPU is available.",
+                                "set device=cpu (or auto) or run on a machine with a GPU"))
+    on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not has_cuda)
+    if on_cpu and cfg.precision == "fp16":
+        problems.append(Problem("precision", "fp16 needs CUDA; CPU runs train in fp32.",
+                                "set precision=fp32 (or auto, which picks fp32 on CPU and bf16 on CUDA)"))
+    return problems
+
+
+def _dump_dir_problem(dump_dir: Path) -> Problem | None:
+    """Probe writability where the run directory is (or will be created) without leaving a trace."""
+    probe = dump_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return Problem("dump_dir", f"{dump_dir} cannot be created: {probe} is not a directory.",
+                       "set dump_dir to a path inside a writable directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".lmlab-probe-"):
+            pass
+    except OSError as err:
+        return Problem("dump_dir", f"{probe} is not writable ({os.strerror(err.errno or 0)}).",
+                       "set dump_dir to a writable location")
+    return None

@@ -1,0 +1,337 @@
+"""The one training loop: preflight -> build -> resume -> train -> validate -> checkpoint.
+
+It reads models only through the ``LanguageModel`` protocol, so both model families train here.
+Step mode (``steps``) streams packed windows; epoch mode (``epochs`` > 0) passes over a fixed set of
+sequences. Both share ``train_step``, validation, logging and checkpointing.
+
+On CPU a run is deterministic: resuming from a checkpoint restores the weights, optimizer, data
+position and every RNG, so the steps after the resume log exactly the metrics (and end with exactly
+the weights) of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmlab.errors import Problem
+from lmlab.evaluation.validation import IGNORE_INDEX, split_window
+from lmlab.training.optim import lr_at, set_lr
+
+
+@dataclass
+class TrainingConfig:
+    """Training-loop behaviour beyond the optimizer."""
+
+    grad_accum: int = field(default=1, metadata={
+        "help": "Micro-batches per optimizer step; data.batch_size must be divisible by it."})
+    stop_at: int = field(default=0, metadata={
+        "help": "Stop this invocation after this step, saving a checkpoint (0: run to the end). "
+                "Re-running the same command resumes; for time-sliced jobs and resume tests."})
+    patience: int = field(default=0, metadata={
+        "help": "Epoch mode: stop after this many validations without improvement (0: never)."})
+    min_delta: float = field(default=0.0, metadata={
+        "help": "Epoch mode: a validation loss must drop by more than this to count as better."})
+
+
+def check(cfg: TrainingConfig) -> list[Problem]:
+    problems = []
+    for key in ("stop_at", "patience", "min_delta"):
+        if getattr(cfg, key) < 0:
+            problems.append(Problem(f"training.{key}", f"must be >= 0, got {getattr(cfg, key)}.",
+                                    f"set training.{key}=0"))
+    return problems
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_step(model, batch: torch.Tensor, optimizer, runtime, scaler, clip: float, grad_accum: int,
+               pad_id: int | None) -> tuple[float, float]:
+    """One optimizer step over ``batch`` (B, T+1) split into ``grad_accum`` micro-batches.
+
+    Returns (mean loss, pre-clip global grad norm) as Python floats.
+    """
+    micro_batches = batch.chunk(grad_accum)
+    total = torch.zeros((), device=runtime.device)
+    for micro in micro_batches:
+        inputs, targets = (t.to(runtime.device, non_blocking=True) for t in split_window(micro, pad_id))
+        with runtime.autocast():
+            logits = model(inputs)  # (b, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        scaled = loss / len(micro_batches)
+        (scaler.scale(scaled) if scaler else scaled).backward()
+        total += loss.detach()
+    if scaler:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return (total / len(micro_batches)).item(), grad_norm.item()
+
+
+class LogWindow:
+    """Accumulates timing between two log lines (tokens/s, data-loading share, ETA)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.data_s, self.steps, self.tokens = time.perf_counter(), 0.0, 0, 0
+
+    def add(self, data_s: float, tokens: int) -> None:
+        self.data_s += data_s
+        self.steps += 1
+        self.tokens += tokens
+
+    def summary(self) -> dict:
+        seconds = time.perf_counter() - self.start
+        return {"seconds": seconds, "tokens": self.tokens, "step_s": seconds / max(1, self.steps),
+                "data_time_frac": self.data_s / seconds if seconds > 0 else 0.0}
+
+
+class TrainingSession:
+    """One invocation of ``lmlab train``: sets up the run directory, model and data, then trains."""
+
+    def __init__(self, cfg, argv: list[str]):
+        from lmlab.training.runtime import resolve_runtime
+
+        self.cfg = finalize_config(cfg)
+        self.argv = list(argv)
+        self.run_dir = Path(cfg.dump_dir)
+        self.runtime = resolve_runtime(cfg.device, cfg.precision)
+        self.console = Console(cfg.logging.progress_bar)
+        self.state: dict = {"step": 0, "tokens": 0}
+
+    # ----------------------------------------------------------------- set-up
+
+    def run(self) -> dict:
+        from lmlab.training import checkpoint as ckpt
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for path in ckpt.remove_partial_checkpoints(self.run_dir):
+            self.console.line(f"removed incomplete checkpoint {path.name} (a save was interrupted)")
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        resume_state = ckpt.read_train_state(latest) if latest else None
+        self.data = build_data(self.cfg, self.run_dir)
+        total = self.data.total_steps
+        if resume_state and resume_state["step"] >= total:
+            self.console.line(f"run {self.run_dir} already finished at step {resume_state['step']}/"
+                              f"{total}; nothing to do. Raise steps/epochs to train longer, or use "
+                              "a new dump_dir to start over.")
+            return {"status": "finished", "step": resume_state["step"], "resumed": True}
+        self._write_run_files(resume_state)
+        self._build(resume_state, latest)
+        return self._loop(total)
+
+    def _write_run_files(self, resume_state: dict | None) -> None:
+        from lmlab.config import dump_config
+        from lmlab.reports.provenance import collect
+
+        dump_config(self.cfg, self.run_dir / "config.yaml")
+        provenance = collect(self.argv, self.runtime.device)
+        provenance["resumed_from_step"] = resume_state["step"] if resume_state else None
+        (self.run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), "utf-8")
+
+    def _build(self, resume_state: dict | None, latest: Path | None) -> None:
+        from lmlab.models.registry import build_model, resolve_model_config
+        from lmlab.training import checkpoint as ckpt
+        from lmlab.training.metrics import JsonlSink, peak_flops, truncate_metrics
+        from lmlab.training.optim import build_optimizer
+
+        seed_everything(self.cfg.seed)
+        model_cfg = resolve_model_config(self.cfg.model, self.data.tokenizer.vocab_size,
+                                         self.cfg.data.seq_len)
+        self.model_cfg = model_cfg
+        self.model = build_model(model_cfg).to(self.runtime.device)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim, self.runtime.device)
+        self.scaler = self.runtime.grad_scaler()
+        self.flops_per_token, self.flops_formula = self.model.flops_per_token(self.cfg.data.seq_len)
+        self.peak = peak_flops(self.runtime.device)
+        self.step_fn = torch.compile(self.model) if self.cfg.compile else self.model
+        if resume_state:
+            ckpt.load_model_weights(self.model, latest)
+            ckpt.load_optimizer(self.optimizer, latest)
+            self.data.train.load_state_dict(resume_state["loader"])
+            if self.scaler and resume_state.get("scaler"):
+                self.scaler.load_state_dict(resume_state["scaler"])
+            ckpt.set_rng_state(resume_state["rng"])
+            self.state = {k: resume_state[k] for k in ("step", "tokens")}
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.state["step"])
+            self.console.line(f"resuming {self.run_dir} from checkpoint {latest.name}")
+        self.sink = JsonlSink(self.run_dir / "metrics.jsonl")
+        n_params = self.model.num_params()
+        self.console.line(f"model {model_cfg.name}: {n_params:,} parameters | {self.flops_per_token:,} "
+                          f"FLOPs/token ({self.flops_formula}) | device {self.runtime.device} "
+                          f"{self.runtime.precision}")
+
+    # ----------------------------------------------------------------- the loop
+
+    def _loop(self, total: int) -> dict:
+        cfg, window = self.cfg, LogWindow()
+        self.console.start_progress(total, self.state["step"])
+        self.last_val: dict = {}
+        step = self.state["step"]
+        while step < total:
+            step += 1
+            started = time.perf_counter()
+            batch = self.data.train.next_batch()
+            data_s = time.perf_counter() - started
+            lr = lr_at(step, cfg.optim, total)
+            set_lr(self.optimizer, lr)
+            loss, grad_norm = train_step(self.step_fn, batch, self.optimizer, self.runtime, self.scaler,
+                                         cfg.optim.clip, cfg.training.grad_accum, self.data.pad_id)
+            self._guard_finite(step, loss, grad_norm)
+            tokens = batch.shape[0] * (batch.shape[1] - 1)
+            self.state.update(step=step, tokens=self.state["tokens"] + tokens)
+            window.add(data_s, tokens)
+            self.console.advance()
+            if step % cfg.logging.every == 0 or step == total:
+                self._log_train(step, total, loss, grad_norm, lr, window)
+            if self._validation_due(step, total):
+                self._validate(step)
+            if step % cfg.checkpoint.every == 0 or step == total or step == cfg.training.stop_at:
+                self._save(step)
+            if cfg.training.stop_at and step >= cfg.training.stop_at and step < total:
+                return self._stop_early(step, total)
+        return self._finish(step)
+
+    def _guard_finite(self, step: int, loss: float, grad_norm: float) -> None:
+        from lmlab.errors import LmlabError
+        from lmlab.training.checkpoint import latest_checkpoint
+
+        if math.isfinite(loss) and (math.isfinite(grad_norm) or self.scaler is not None):
+            return  # under fp16 the GradScaler skips inf-gradient steps itself
+        last = latest_checkpoint(self.run_dir)
+        raise LmlabError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at "
+                         f"step {step} (loss {loss}, grad norm {grad_norm}). Last good checkpoint: "
+                         f"{last or 'none'}. Fix: lower optim.lr, raise optim.warmup or enable "
+                         "clipping (optim.clip), then resume.")
+
+    def _log_train(self, step, total, loss, grad_norm, lr, window: LogWindow) -> None:
+        from lmlab.training.metrics import format_train_line, peak_memory_gib, throughput
+
+        summary = window.summary()
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": self.state["tokens"],
+                   **throughput(summary["tokens"], summary["seconds"], self.flops_per_token, self.peak),
+                   "data_time_frac": summary["data_time_frac"],
+                   "mem_peak_gib": peak_memory_gib(self.runtime.device)}
+        self.sink.log(metrics, step)
+        eta = summary["step_s"] * (total - step)
+        self.console.line(format_train_line({"step": step, **metrics}, total, eta))
+        window.reset()
+
+    def _validation_due(self, step: int, total: int) -> bool:
+        every = self.cfg.eval.validation.every
+        if not self.cfg.eval.validation.enabled:
+            return False
+        return step == total or (every > 0 and step % every == 0)
+
+    def _validate(self, step: int) -> dict:
+        from lmlab.evaluation.validation import evaluate
+        from lmlab.training.metrics import format_val_line
+
+        metrics = evaluate(self.model, self.data.val_batches(), self.data.byte_lengths,
+                           self.runtime.device, self.data.pad_id, autocast=self.runtime.autocast)
+        if metrics:
+            self.sink.log(metrics, step)
+            self.console.line(format_val_line(step, metrics))
+            self.last_val = metrics
+        return metrics
+
+    def _save(self, step: int) -> Path:
+        from lmlab.training import checkpoint as ckpt
+
+        state = {**self.state, "loader": self.data.train.state_dict(), "rng": ckpt.rng_state(),
+                 "scheduler": {"name": self.cfg.optim.scheduler, "lr": self.optimizer.param_groups[0]["lr"],
+                               "warmup": self.cfg.optim.warmup, "total_steps": self.data.total_steps},
+                 "scaler": self.scaler.state_dict() if self.scaler else None,
+                 "model": dataclasses.asdict(self.model_cfg)}
+        path = ckpt.save_checkpoint(self.run_dir, ckpt.step_name(step), self.model, self.optimizer, state)
+        ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
+        self.console.line(f"saved checkpoint {path}")
+        return path
+
+    def _stop_early(self, step: int, total: int) -> dict:
+        self.console.close()
+        self.sink.close()
+        self.console.line(f"stopped at step {step}/{total} (training.stop_at); run the same command "
+                          "again to resume.")
+        return {"status": "stopped", "step": step, **self.last_val}
+
+    def _finish(self, step: int) -> dict:
+        from lmlab.training import checkpoint as ckpt
+
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is not None:
+            ckpt.link_checkpoint(self.run_dir, latest, "final")
+        self.console.close()
+        self.sink.close()
+        self.console.line(f"finished {step} steps; run directory {self.run_dir}")
+        return {"status": "finished", "step": step, **self.last_val}
+
+
+def finalize_config(cfg):
+    """Derived settings written back into the resolved config (the effective lr of a scaling rule)."""
+    from lmlab.training.optim import scaled_lr
+
+    lr = scaled_lr(cfg.optim, cfg.data.batch_size)
+    if lr == cfg.optim.lr:
+        return cfg
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
+
+
+def build_data(cfg, run_dir: Path):
+    from lmlab.data.pipeline import build_data as build
+
+    return build(cfg, run_dir)
+
+
+class Console:
+    """Log lines on stdout and, on an interactive terminal, a progress bar with ETA on stderr."""
+
+    def __init__(self, progress_bar: bool):
+        self.want_bar = progress_bar and sys.stderr.isatty()
+        self.bar = None
+
+    def start_progress(self, total: int, initial: int) -> None:
+        if self.want_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def train(cfg, argv: list[str]) -> dict:
+    """Run (or resume) training for a preflighted ``RunConfig``; returns the final summary."""
+    return TrainingSession(cfg, argv).run()
