@@ -130,7 +130,7 @@ def _jsonl_spans(data) -> np.ndarray:
     return np.stack([starts[keep], ends[keep], lines[keep]], axis=1).astype(np.int64)
 
 
-_PARAGRAPH_BREAK = re.compile(rb"\n[ \t\r]*\n")
+_PARAGRAPH_BREAK = re.compile(rb"\n(?:[ \t\r]*\n)+")
 
 
 def _paragraph_spans(data) -> np.ndarray:

@@ -1,0 +1,53 @@
+"""Test helpers: a toy Lingua-layout corpus, tiny config overrides, a CLI runner."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Shrinks configs/debug.yaml to something that trains in seconds on CPU.
+TINY_TRANSFORMER = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.multiple_of=16",
+                    "data.seq_len=128", "data.batch_size=4", "optim.warmup=5", "logging.every=1",
+                    "eval.validation.max_steps=2", "device=cpu"]
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def toy_texts(source: str, n: int, seed: int = 0) -> list[str]:
+    """Deterministic, somewhat learnable documents."""
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", source]
+    out = []
+    for i in range(n):
+        k = (i * 7 + seed) % len(words)
+        out.append(" ".join(words[(k + j * 3) % len(words)] for j in range(20 + i % 15)) + ".")
+    return out
+
+
+def make_jsonl_root(root: Path) -> Path:
+    """root/<source>/*.chunk.*.jsonl (two files each) and *.val.jsonl for sources 'alpha', 'beta'."""
+    for source in ("alpha", "beta"):
+        write_jsonl(root / source / f"{source}.chunk.00.jsonl", toy_texts(source, 60))
+        write_jsonl(root / source / f"{source}.chunk.01.jsonl", toy_texts(source, 40, seed=3))
+        write_jsonl(root / source / f"{source}.val.jsonl", toy_texts(source, 30, seed=5))
+    return root
+
+
+def data_overrides(root: Path) -> list[str]:
+    return [f"data.root_dir={root}", "data.sources={alpha: 1.0, beta: 2.0}"]
+
+
+def run_lmlab(*args: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``python -m lmlab ARGS`` in a subprocess (exit codes, stderr, tracebacks as a user sees them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    return subprocess.run([sys.executable, "-m", "lmlab", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
