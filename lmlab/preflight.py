@@ -18,7 +18,7 @@ from lmlab.data import sources, tokenizers
 from lmlab.errors import ConfigError, Problem
 from lmlab.evaluation import validation
 from lmlab.models import registry
-from lmlab.training import checkpoint, distributed, metrics, optim
+from lmlab.training import checkpoint, distributed, loop, metrics, optim
 
 
 def load_and_check(path, overrides: list[str] = ()) -> RunConfig:
@@ -43,6 +43,7 @@ def preflight_problems(cfg: RunConfig) -> list[Problem]:
     problems += checkpoint.check(cfg.checkpoint)
     problems += metrics.check(cfg.logging)
     problems += validation.check(cfg.eval.validation)
+    problems += loop.check(cfg.training)
     return problems
 
 
@@ -52,6 +53,13 @@ def _run_problems(cfg: RunConfig) -> list[Problem]:
         problems.append(Problem("epochs", f"must be >= 0, got {cfg.epochs}.", "set epochs=0 (step mode)"))
     if cfg.epochs == 0 and cfg.steps <= 0:
         problems.append(Problem("steps", f"must be > 0, got {cfg.steps}.", "set steps=1000"))
+    if cfg.epochs > 0 and cfg.data.source != "wikitext2":
+        problems.append(Problem("epochs", f"epoch mode needs a fixed sequence set (data.source="
+                                f"wikitext2); {cfg.data.source} data streams.",
+                                "set epochs=0 and use steps, or data.source=wikitext2"))
+    if cfg.data.source == "wikitext2" and cfg.data.tokenizer.name != "word":
+        problems.append(Problem("data.tokenizer.name", f"wikitext2 sequences use the word tokenizer, "
+                                f"got {cfg.data.tokenizer.name!r}.", "set data.tokenizer.name=word"))
     accum = cfg.training.grad_accum
     if accum <= 0:
         problems.append(Problem("training.grad_accum", f"must be > 0, got {accum}.",

@@ -19,6 +19,10 @@ def data_for(config_path, tmp_path) -> list[str]:
             write_jsonl(tmp_path / "data" / name / f"{name}.chunk.00.jsonl", ["text"])
             write_jsonl(tmp_path / "data" / name / f"{name}.val.jsonl", ["text"])
         overrides.append(f"data.root_dir={tmp_path / 'data'}")
+    if cfg.data.source == "wikitext2":
+        for split in (cfg.data.train_split, cfg.data.val_split):
+            (tmp_path / f"{split}.txt").write_text(" a b c d e f\n")
+        overrides.append(f"data.path={tmp_path}")
     return overrides
 
 

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from lmlab.data import loader, sources
+from lmlab.data import loader, sources, wikitext
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -17,11 +17,12 @@ TOKENIZER_FILE = "tokenizer.json"
 @dataclass
 class RunData:
     tokenizer: Tokenizer
-    train: loader.PackedLoader  # anything with next_batch / state_dict / load_state_dict
+    train: loader.PackedLoader | wikitext.SequenceLoader  # next_batch / state_dict / load_state_dict
     val_batches: Callable[[], Iterable[torch.Tensor]]
     total_steps: int
     byte_lengths: torch.Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
     pad_id: int | None
+    steps_per_epoch: int = 0  # epoch mode only
 
 
 def prepare_tokenizer(cfg, run_dir: Path, texts: Callable[[], Iterable[str]]) -> Tokenizer:
@@ -35,6 +36,8 @@ def prepare_tokenizer(cfg, run_dir: Path, texts: Callable[[], Iterable[str]]) ->
 
 
 def build_data(cfg, run_dir: Path) -> RunData:
+    if cfg.data.source == "wikitext2":
+        return build_sequence_data(cfg, run_dir)
     data = cfg.data
     train_sources = sources.training_sources(data)
     tokenizer = prepare_tokenizer(
@@ -59,3 +62,27 @@ def _cached_validation(cfg, tokenizer: Tokenizer) -> Callable[[], Iterable[torch
         return loader.fixed_batches(cache[0], cfg.data.batch_size)
 
     return batches
+
+
+def build_sequence_data(cfg, run_dir: Path) -> RunData:
+    """WikiText-2 word sequences: fixed (N, seq_len) tensors, epoch mode (or step mode over epochs)."""
+    data = cfg.data
+    train_lines = wikitext.read_split_lines(data.path, data.train_split)
+    tokenizer = prepare_tokenizer(data.tokenizer, run_dir, lambda: train_lines)
+    train = wikitext.SequenceLoader(wikitext.build_sequences(train_lines, tokenizer, data.seq_len),
+                                    data.batch_size, cfg.seed, data.shuffle)
+    val_cache: list[torch.Tensor] = []
+
+    def val_batches() -> Iterable[torch.Tensor]:
+        if not val_cache:
+            lines = wikitext.read_split_lines(data.path, data.val_split)
+            sequences = wikitext.build_sequences(lines, tokenizer, data.seq_len)
+            budget = cfg.eval.validation.max_steps
+            val_cache.append(sequences[: budget * data.batch_size] if budget else sequences)
+        return loader.fixed_batches(val_cache[0], data.batch_size)
+
+    steps_per_epoch = train.batches_per_epoch
+    total = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.steps
+    return RunData(tokenizer, train, val_batches, total,
+                   torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.float64), tokenizer.pad_id,
+                   steps_per_epoch)

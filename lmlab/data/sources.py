@@ -226,6 +226,10 @@ def check(cfg: DataConfig, validation_enabled: bool) -> list[Problem]:
                                     f"set data.{key} to a positive integer"))
     if cfg.source == "jsonl":
         problems += _check_jsonl(cfg, validation_enabled)
+    elif cfg.source == "wikitext2":
+        from lmlab.data import wikitext
+
+        problems += wikitext.check(cfg, validation_enabled)
     elif cfg.source == "text":
         problems += _check_text(cfg, validation_enabled)
     return problems

@@ -46,6 +46,7 @@ CONTEXT_CLAMP = 10.0  # the context is clipped to [-CONTEXT_CLAMP, CONTEXT_CLAMP
 class ContextVectorConfig:
     """Hyperparameters of :class:`ContextVectorLM`; the defaults give ~2.7M params at V = 1000."""
 
+    name: str = field(default="context_vector", metadata={"help": "Model family (see models/registry.py)."})
     vocab_size: int = field(
         default=0, metadata={"help": "Vocabulary size V; 0 means the builder takes it from the tokenizer."}
     )
@@ -68,25 +69,26 @@ def _validate(cfg: ContextVectorConfig) -> None:
 
 
 class _ReluDropout(torch.autograd.Function):
-    """y = relu(x) * keep / (1 - p) as one autograd node.
+    """y = relu(x) * keep / (1 - p) as one autograd node, computed in place on x.
 
     Why: on CPU, ``F.dropout`` spends more time drawing its Bernoulli mask than the
     (B, H) @ (H, H) matmul before it takes. Here the mask comes from 16-bit random integers
-    (four per 64-bit draw), and backward needs only y itself -- x > 0 and kept <=> y > 0 -- which
-    the next Linear saves anyway, so no float mask and no pre-activation are kept.
+    (four per 64-bit draw). Backward needs only y itself -- "x > 0 and kept" is "y > 0" -- which
+    the next Linear saves anyway, so neither a float mask nor the pre-activation is kept.
+    x must be a fresh matmul output that nothing else reads (it is overwritten).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:  # x: (B, H)
-        # keep iff a uniform int16 r >= threshold, i.e. with probability 1 - threshold' / 2^16
-        # where threshold' = round(p * 2^16); the scale uses that exact keep probability.
+        # drop iff a uniform int16 r < threshold - 2^15, i.e. with probability threshold / 2^16
+        # where threshold = round(p * 2^16); the scale uses that exact keep probability
         threshold = round(p * 65536)
         scale = 65536.0 / (65536 - threshold)
         n = x.numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-        r = bits.view(torch.int16)[:n].view_as(x)  # (B, H) uniform over [-32768, 32767]
-        keep = r >= threshold - 32768
-        y = torch.where(keep, x, 0.0).relu_().mul_(scale)
+        drop = bits.view(torch.int16)[:n].view_as(x) < threshold - 32768  # (B, H) bool
+        y = x.masked_fill_(drop, 0.0).relu_().mul_(scale)  # masked_fill, unlike mul, needs no float mask
+        ctx.mark_dirty(x)
         ctx.save_for_backward(y)
         ctx.scale = scale
         return y
@@ -94,14 +96,17 @@ class _ReluDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: Tensor) -> tuple[Tensor, None]:
         (y,) = ctx.saved_tensors
-        return torch.where(y > 0, grad_y * ctx.scale, 0.0), None
+        # threshold_backward(g, y, 0) = g where y > 0 else 0: ReLU's backward read off its output
+        return torch.ops.aten.threshold_backward(grad_y, y, 0).mul_(ctx.scale), None
 
 
 def _relu_dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """ReLU then dropout; in eval mode (or p == 0) just an in-place ReLU on the fresh matmul output."""
-    if training and p > 0:
-        return _ReluDropout.apply(x, p)
-    return torch.relu_(x)
+    """ReLU then dropout, in place on ``x`` (a fresh matmul output nothing else reads): (B, H) -> (B, H)."""
+    if not training or p == 0.0:
+        return torch.relu_(x)
+    if x.is_cuda:  # native dropout is one fused kernel on GPU (and torch.compile-friendly)
+        return F.dropout(torch.relu_(x), p, training=True)
+    return _ReluDropout.apply(x, p)
 
 
 class ContextVectorLM(nn.Module):
@@ -198,9 +203,11 @@ class ContextVectorLM(nn.Module):
         """c <- clamp(LayerNorm(f * c + i * u), -10, 10) with u, f, i from one fused (B, H) @ (H, 3C)."""
         C = self.cfg.context_dim
         g = torch.addmm(self.gates.bias, h, self.gates.weight.t())  # (B, 3C) = [u | f | i]
-        u = g[:, :C]
-        fi = torch.sigmoid(g[:, C:])  # (B, 2C), one kernel for both gates
-        mixed = torch.addcmul(fi[:, :C] * context, fi[:, C:], u)  # f * c + i * u, (B, C)
+        # split, not g[:, :C] / g[:, C:]: each slice's backward would zero-fill a (B, 3C) tensor,
+        # split's backward is one cat
+        u, fi = g.split([C, 2 * C], dim=1)
+        f, i = torch.sigmoid(fi).chunk(2, dim=1)  # (B, C) each; one sigmoid kernel for both gates
+        mixed = torch.addcmul(f * context, i, u)  # f * c + i * u, (B, C)
         normed = F.layer_norm(mixed, (C,), self.norm.weight, self.norm.bias, self.norm.eps)
         return normed.clamp_(-CONTEXT_CLAMP, CONTEXT_CLAMP)
 

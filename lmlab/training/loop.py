@@ -106,6 +106,10 @@ class LogWindow:
                 "data_time_frac": self.data_s / seconds if seconds > 0 else 0.0}
 
 
+# Loop bookkeeping saved in train_state.json and restored on resume (besides loader, RNG, scaler).
+TRAIN_STATE_KEYS = ("step", "tokens", "epoch_loss_sum", "epoch_steps", "best_val_loss", "bad_epochs")
+
+
 class TrainingSession:
     """One invocation of ``lmlab train``: sets up the run directory, model and data, then trains."""
 
@@ -131,7 +135,7 @@ class TrainingSession:
         resume_state = ckpt.read_train_state(latest) if latest else None
         self.data = build_data(self.cfg, self.run_dir)
         total = self.data.total_steps
-        if resume_state and resume_state["step"] >= total:
+        if resume_state and (resume_state.get("finished") or resume_state["step"] >= total):
             self.console.line(f"run {self.run_dir} already finished at step {resume_state['step']}/"
                               f"{total}; nothing to do. Raise steps/epochs to train longer, or use "
                               "a new dump_dir to start over.")
@@ -172,7 +176,7 @@ class TrainingSession:
             if self.scaler and resume_state.get("scaler"):
                 self.scaler.load_state_dict(resume_state["scaler"])
             ckpt.set_rng_state(resume_state["rng"])
-            self.state = {k: resume_state[k] for k in ("step", "tokens")}
+            self.state = {k: v for k, v in resume_state.items() if k in TRAIN_STATE_KEYS}
             truncate_metrics(self.run_dir / "metrics.jsonl", self.state["step"])
             self.console.line(f"resuming {self.run_dir} from checkpoint {latest.name}")
         self.sink = JsonlSink(self.run_dir / "metrics.jsonl")
@@ -198,19 +202,61 @@ class TrainingSession:
             loss, grad_norm = train_step(self.step_fn, batch, self.optimizer, self.runtime, self.scaler,
                                          cfg.optim.clip, cfg.training.grad_accum, self.data.pad_id)
             self._guard_finite(step, loss, grad_norm)
-            tokens = batch.shape[0] * (batch.shape[1] - 1)
-            self.state.update(step=step, tokens=self.state["tokens"] + tokens)
-            window.add(data_s, tokens)
-            self.console.advance()
+            self._account(step, batch, loss, window, data_s)
             if step % cfg.logging.every == 0 or step == total:
                 self._log_train(step, total, loss, grad_norm, lr, window)
-            if self._validation_due(step, total):
-                self._validate(step)
-            if step % cfg.checkpoint.every == 0 or step == total or step == cfg.training.stop_at:
-                self._save(step)
+            if self.epoch_mode and step % self.data.steps_per_epoch == 0:
+                if self._end_epoch(step):  # validates and checkpoints itself
+                    return self._finish(step, "stopped early")
+            else:
+                if self._validation_due(step, total):
+                    self._validate(step)
+                if step % cfg.checkpoint.every == 0 or step == total or step == cfg.training.stop_at:
+                    self._save(step, finished=step == total)
             if cfg.training.stop_at and step >= cfg.training.stop_at and step < total:
                 return self._stop_early(step, total)
         return self._finish(step)
+
+    @property
+    def epoch_mode(self) -> bool:
+        return self.cfg.epochs > 0
+
+    def _epoch_of(self, step: int) -> int:
+        return (step - 1) // self.data.steps_per_epoch + 1
+
+    def _account(self, step: int, batch: torch.Tensor, loss: float, window: LogWindow, data_s: float):
+        tokens = batch.shape[0] * (batch.shape[1] - 1)
+        self.state.update(step=step, tokens=self.state["tokens"] + tokens,
+                          epoch_loss_sum=self.state.get("epoch_loss_sum", 0.0) + loss,
+                          epoch_steps=self.state.get("epoch_steps", 0) + 1)
+        window.add(data_s, tokens)
+        self.console.advance()
+
+    def _end_epoch(self, step: int) -> bool:
+        """Validate, track the best model, checkpoint; True when early stopping ends the run."""
+        epoch, cfg = self._epoch_of(step), self.cfg.training
+        train_loss = self.state.pop("epoch_loss_sum") / self.state.pop("epoch_steps")
+        self.sink.log({"epoch": epoch, "train/epoch_loss": train_loss}, step)
+        metrics = self._validate(step, epoch) if self.cfg.eval.validation.enabled else {}
+        val_loss = metrics.get("val/loss", train_loss)
+        best = self.state.get("best_val_loss")
+        improved = best is None or val_loss < best - cfg.min_delta
+        self.state["best_val_loss"] = val_loss if improved else best
+        self.state["bad_epochs"] = 0 if improved else self.state.get("bad_epochs", 0) + 1
+        stop = (cfg.patience > 0 and self.state["bad_epochs"] >= cfg.patience) or \
+            epoch == self.cfg.epochs
+        path = self._save(step, finished=stop)
+        if improved:
+            from lmlab.training.checkpoint import link_checkpoint
+
+            link_checkpoint(self.run_dir, path, "best")
+        progress = "new best" if improved else f"{self.state['bad_epochs']} epoch(s) without improvement"
+        self.console.line(f"epoch {epoch}/{self.cfg.epochs} | train loss {train_loss:.4f} | best val "
+                          f"loss {self.state['best_val_loss']:.4f} ({progress})")
+        if cfg.patience > 0 and self.state["bad_epochs"] >= cfg.patience and epoch < self.cfg.epochs:
+            self.console.line(f"early stopping: no improvement > {cfg.min_delta} for {cfg.patience} epochs")
+            return True
+        return False
 
     def _guard_finite(self, step: int, loss: float, grad_norm: float) -> None:
         from lmlab.errors import LmlabError
@@ -228,7 +274,8 @@ class TrainingSession:
         from lmlab.training.metrics import format_train_line, peak_memory_gib, throughput
 
         summary = window.summary()
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": self.state["tokens"],
+        epoch = {"epoch": self._epoch_of(step)} if self.epoch_mode else {}
+        metrics = {**epoch, "loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": self.state["tokens"],
                    **throughput(summary["tokens"], summary["seconds"], self.flops_per_token, self.peak),
                    "data_time_frac": summary["data_time_frac"],
                    "mem_peak_gib": peak_memory_gib(self.runtime.device)}
@@ -239,26 +286,26 @@ class TrainingSession:
 
     def _validation_due(self, step: int, total: int) -> bool:
         every = self.cfg.eval.validation.every
-        if not self.cfg.eval.validation.enabled:
+        if not self.cfg.eval.validation.enabled or self.epoch_mode:  # epoch mode: at each epoch end
             return False
         return step == total or (every > 0 and step % every == 0)
 
-    def _validate(self, step: int) -> dict:
+    def _validate(self, step: int, epoch: int | None = None) -> dict:
         from lmlab.evaluation.validation import evaluate
         from lmlab.training.metrics import format_val_line
 
         metrics = evaluate(self.model, self.data.val_batches(), self.data.byte_lengths,
                            self.runtime.device, self.data.pad_id, autocast=self.runtime.autocast)
         if metrics:
-            self.sink.log(metrics, step)
-            self.console.line(format_val_line(step, metrics))
+            self.sink.log({"epoch": epoch, **metrics} if epoch else metrics, step)
+            self.console.line(format_val_line(step, metrics, epoch))
             self.last_val = metrics
         return metrics
 
-    def _save(self, step: int) -> Path:
+    def _save(self, step: int, finished: bool = False) -> Path:
         from lmlab.training import checkpoint as ckpt
 
-        state = {**self.state, "loader": self.data.train.state_dict(), "rng": ckpt.rng_state(),
+        state = {**self.state, "finished": finished, "loader": self.data.train.state_dict(), "rng": ckpt.rng_state(),
                  "scheduler": {"name": self.cfg.optim.scheduler, "lr": self.optimizer.param_groups[0]["lr"],
                                "warmup": self.cfg.optim.warmup, "total_steps": self.data.total_steps},
                  "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -273,9 +320,9 @@ class TrainingSession:
         self.sink.close()
         self.console.line(f"stopped at step {step}/{total} (training.stop_at); run the same command "
                           "again to resume.")
-        return {"status": "stopped", "step": step, **self.last_val}
+        return {"status": "stopped", "step": step, **self.last_val}  # resumable
 
-    def _finish(self, step: int) -> dict:
+    def _finish(self, step: int, status: str = "finished") -> dict:
         from lmlab.training import checkpoint as ckpt
 
         latest = ckpt.latest_checkpoint(self.run_dir)
@@ -283,8 +330,8 @@ class TrainingSession:
             ckpt.link_checkpoint(self.run_dir, latest, "final")
         self.console.close()
         self.sink.close()
-        self.console.line(f"finished {step} steps; run directory {self.run_dir}")
-        return {"status": "finished", "step": step, **self.last_val}
+        self.console.line(f"{status} after {step} steps; run directory {self.run_dir}")
+        return {"status": status, "step": step, **self.last_val}
 
 
 def finalize_config(cfg):
