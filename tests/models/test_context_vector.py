@@ -97,11 +97,12 @@ def test_protocol_and_init():
 
 
 # --------------------------------------------------------------------------- fast path == reference
+@pytest.mark.parametrize("vocab", [50, 13], ids=["project-gathered", "project-table"])  # V >< B*T = 21
 @pytest.mark.parametrize("ln_scale", [1.0, 8.0], ids=["plain", "clamped"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train-p0"])
-def test_fast_path_matches_reference_outputs_and_grads(ln_scale, train):
-    model = tiny_model(ln_scale=ln_scale).train(train)
-    x, y = tokens(), tokens(seed=2)
+def test_fast_path_matches_reference_outputs_and_grads(ln_scale, train, vocab):
+    model = tiny_model(ln_scale=ln_scale, vocab_size=vocab).train(train)
+    x, y = tokens(vocab=vocab), tokens(vocab=vocab, seed=2)
     params = list(model.parameters())
 
     def loss_and_grads(run):
@@ -115,7 +116,7 @@ def test_fast_path_matches_reference_outputs_and_grads(ln_scale, train):
         assert (state.abs() == 10.0).any()
     fast, fast_grads = loss_and_grads(model.forward)
     ref, ref_grads = loss_and_grads(model.forward_reference)
-    assert fast.shape == (3, 7, 50)
+    assert fast.shape == (3, 7, vocab)
     torch.testing.assert_close(fast, ref, **TOL)
     for (name, _), g_fast, g_ref in zip(model.named_parameters(), fast_grads, ref_grads):
         torch.testing.assert_close(g_fast, g_ref, **TOL, msg=lambda m, name=name: f"{name}: {m}")
@@ -123,10 +124,11 @@ def test_fast_path_matches_reference_outputs_and_grads(ln_scale, train):
 
 
 # --------------------------------------------------------------------------- step == forward
+@pytest.mark.parametrize("vocab", [50, 5], ids=["project-gathered", "project-table"])
 @pytest.mark.parametrize("chunks", [[1] * 7, [3, 1, 3], [2, 5]], ids=["one-by-one", "3-1-3", "2-5"])
-def test_step_in_pieces_matches_forward(chunks):
-    model = tiny_model().eval()
-    x = tokens()
+def test_step_in_pieces_matches_forward(chunks, vocab):
+    model = tiny_model(vocab_size=vocab).eval()
+    x = tokens(vocab=vocab)
     with torch.no_grad():
         full = model(x)
         state, pieces, start = model.init_state(3), [], 0
@@ -202,3 +204,16 @@ def test_compile_flag_is_ignored_on_cpu():
     expected = model(x)
     model.compile_step = True
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compile_step", [False, True], ids=["eager", "compiled"])
+def test_cuda_fast_path_matches_reference(compile_step):
+    model = tiny_model(vocab_size=13).cuda().eval()
+    model.compile_step = compile_step
+    x = tokens(vocab=13).cuda()
+    torch.testing.assert_close(model(x), model.forward_reference(x), **TOL)
+    model.train()  # dropout > 0 goes through F.dropout on GPU: just check it runs and differs
+    model.cfg.dropout = 0.5
+    assert not torch.allclose(model(x), model(x))
