@@ -27,7 +27,7 @@ def cmd_train(args) -> int:
 
     cfg = load_and_check(args.config, args.overrides)
     summary = train(cfg, sys.argv[1:])
-    return 0 if summary.get("status") in ("finished", "stopped", "stopped early") else 1
+    return 0 if summary.get("status") in ("finished", "stopped", "stopped early", "preempted") else 1
 
 
 def cmd_info(args) -> int:

@@ -14,7 +14,9 @@ import dataclasses
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +43,14 @@ class TrainingConfig:
         "help": "Epoch mode: stop after this many validations without improvement (0: never)."})
     min_delta: float = field(default=0.0, metadata={
         "help": "Epoch mode: a validation loss must drop by more than this to count as better."})
+    skip_nonfinite_steps: int = field(default=0, metadata={
+        "help": "Skip up to this many steps with a non-finite loss / grad norm before stopping "
+                "(fp16 overflow steps that the GradScaler skips itself do not count)."})
 
 
 def check(cfg: TrainingConfig) -> list[Problem]:
     problems = []
-    for key in ("stop_at", "patience", "min_delta"):
+    for key in ("stop_at", "patience", "min_delta", "skip_nonfinite_steps"):
         if getattr(cfg, key) < 0:
             problems.append(Problem(f"training.{key}", f"must be >= 0, got {getattr(cfg, key)}.",
                                     f"set training.{key}=0"))
@@ -59,10 +64,12 @@ def seed_everything(seed: int) -> None:
 
 
 def train_step(model, batch: torch.Tensor, optimizer, runtime, scaler, clip: float, grad_accum: int,
-               pad_id: int | None) -> tuple[float, float]:
+               pad_id: int | None) -> tuple[float, float, bool]:
     """One optimizer step over ``batch`` (B, T+1) split into ``grad_accum`` micro-batches.
 
-    Returns (mean loss, pre-clip global grad norm) as Python floats.
+    Returns (mean loss, pre-clip global grad norm, finite). A non-finite step is not applied (the
+    caller decides whether to skip it or stop); under fp16 the GradScaler skips overflowing
+    gradients itself, so there only a non-finite loss counts as non-finite.
     """
     micro_batches = batch.chunk(grad_accum)
     total = torch.zeros((), device=runtime.device)
@@ -76,14 +83,16 @@ def train_step(model, batch: torch.Tensor, optimizer, runtime, scaler, clip: flo
         total += loss.detach()
     if scaler:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
-    if scaler:
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf).item()
+    mean_loss = (total / len(micro_batches)).item()
+    finite = math.isfinite(mean_loss) and (scaler is not None or math.isfinite(grad_norm))
+    if scaler and finite:
         scaler.step(optimizer)
         scaler.update()
-    else:
+    elif finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return (total / len(micro_batches)).item(), grad_norm.item()
+    return mean_loss, grad_norm, finite
 
 
 class LogWindow:
@@ -107,7 +116,8 @@ class LogWindow:
 
 
 # Loop bookkeeping saved in train_state.json and restored on resume (besides loader, RNG, scaler).
-TRAIN_STATE_KEYS = ("step", "tokens", "epoch_loss_sum", "epoch_steps", "best_val_loss", "bad_epochs")
+TRAIN_STATE_KEYS = ("step", "tokens", "epoch_loss_sum", "epoch_steps", "best_val_loss", "bad_epochs",
+                    "skipped_steps")
 
 
 class TrainingSession:
@@ -142,7 +152,8 @@ class TrainingSession:
             return {"status": "finished", "step": resume_state["step"], "resumed": True}
         self._write_run_files(resume_state)
         self._build(resume_state, latest)
-        return self._loop(total)
+        with PreemptionSignals() as self.preemption:
+            return self._loop(total)
 
     def _write_run_files(self, resume_state: dict | None) -> None:
         from lmlab.config import dump_config
@@ -199,9 +210,11 @@ class TrainingSession:
             data_s = time.perf_counter() - started
             lr = lr_at(step, cfg.optim, total)
             set_lr(self.optimizer, lr)
-            loss, grad_norm = train_step(self.step_fn, batch, self.optimizer, self.runtime, self.scaler,
-                                         cfg.optim.clip, cfg.training.grad_accum, self.data.pad_id)
-            self._guard_finite(step, loss, grad_norm)
+            loss, grad_norm, finite = train_step(self.step_fn, batch, self.optimizer, self.runtime,
+                                                 self.scaler, cfg.optim.clip, cfg.training.grad_accum,
+                                                 self.data.pad_id)
+            if not finite:
+                self._skip_or_stop(step, loss, grad_norm)
             self._account(step, batch, loss, window, data_s)
             if step % cfg.logging.every == 0 or step == total:
                 self._log_train(step, total, loss, grad_norm, lr, window)
@@ -213,6 +226,8 @@ class TrainingSession:
                     self._validate(step)
                 if step % cfg.checkpoint.every == 0 or step == total or step == cfg.training.stop_at:
                     self._save(step, finished=step == total)
+            if self.preemption.received and step < total:
+                return self._preempt(step)
             if cfg.training.stop_at and step >= cfg.training.stop_at and step < total:
                 return self._stop_early(step, total)
         return self._finish(step)
@@ -258,17 +273,24 @@ class TrainingSession:
             return True
         return False
 
-    def _guard_finite(self, step: int, loss: float, grad_norm: float) -> None:
+    def _skip_or_stop(self, step: int, loss: float, grad_norm: float) -> None:
+        """A non-finite step was not applied: skip it (up to training.skip_nonfinite_steps) or stop."""
         from lmlab.errors import LmlabError
         from lmlab.training.checkpoint import latest_checkpoint
 
-        if math.isfinite(loss) and (math.isfinite(grad_norm) or self.scaler is not None):
-            return  # under fp16 the GradScaler skips inf-gradient steps itself
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        skipped = self.state.get("skipped_steps", 0)
+        if skipped < self.cfg.training.skip_nonfinite_steps:
+            self.state["skipped_steps"] = skipped + 1
+            self.console.line(f"step {step}: non-finite {what} (loss {loss}, grad norm {grad_norm}); "
+                              f"step skipped ({skipped + 1}/{self.cfg.training.skip_nonfinite_steps})")
+            return
         last = latest_checkpoint(self.run_dir)
-        raise LmlabError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at "
-                         f"step {step} (loss {loss}, grad norm {grad_norm}). Last good checkpoint: "
-                         f"{last or 'none'}. Fix: lower optim.lr, raise optim.warmup or enable "
-                         "clipping (optim.clip), then resume.")
+        raise LmlabError(f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm}); "
+                         f"the step was not applied. Last good checkpoint: {last or 'none'} (kept "
+                         "intact). Fix: lower optim.lr, raise optim.warmup or enable clipping "
+                         "(optim.clip), then resume; or allow a few skips with "
+                         "training.skip_nonfinite_steps=N.")
 
     def _log_train(self, step, total, loss, grad_norm, lr, window: LogWindow) -> None:
         from lmlab.training.metrics import format_train_line, peak_memory_gib, throughput
@@ -315,6 +337,20 @@ class TrainingSession:
         self.console.line(f"saved checkpoint {path}")
         return path
 
+    def _preempt(self, step: int) -> dict:
+        """Checkpoint at this step boundary (unless just saved) and exit cleanly for the scheduler."""
+        from lmlab.training.checkpoint import latest_checkpoint, step_name
+
+        latest = latest_checkpoint(self.run_dir)
+        if latest is None or latest.name != step_name(step):
+            self._save(step)
+        self.console.close()
+        self.sink.close()
+        command = " ".join(["lmlab"] + self.argv)
+        self.console.line(f"received {self.preemption.received}: saved a checkpoint at step {step} in "
+                          f"{self.run_dir}; resume with the same command: {command}")
+        return {"status": "preempted", "step": step, **self.last_val}
+
     def _stop_early(self, step: int, total: int) -> dict:
         self.console.close()
         self.sink.close()
@@ -348,6 +384,31 @@ def build_data(cfg, run_dir: Path):
     from lmlab.data.pipeline import build_data as build
 
     return build(cfg, run_dir)
+
+
+class PreemptionSignals:
+    """Turns SIGTERM / SIGUSR1 (SLURM's warning before a time limit) into a flag the loop checks at
+    each step boundary, so the run saves a checkpoint and exits 0 instead of dying mid-step."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, _frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "PreemptionSignals":
+        if threading.current_thread() is threading.main_thread():  # handlers only work there
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class Console:

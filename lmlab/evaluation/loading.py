@@ -1,0 +1,113 @@
+"""Load a trained model for evaluation or generation: from a run directory or one checkpoint.
+
+A run directory resolves to ``checkpoints/final`` when it exists, else to the newest complete step
+checkpoint. The model is rebuilt from the resolved model config stored in the checkpoint's
+``train_state.json`` (vocab_size and max_seq_len already filled in), so evaluation never depends on
+re-deriving sizes from the data; older checkpoints without that entry fall back to the run's
+``config.yaml`` resolved with the saved tokenizer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.config import RunConfig, load_config
+from lmlab.data.pipeline import TOKENIZER_FILE
+from lmlab.data.tokenizers import Tokenizer, load_tokenizer
+from lmlab.errors import LmlabError
+from lmlab.models.registry import MODELS, build_model, model_config_class, resolve_model_config
+from lmlab.training.checkpoint import (MODEL_FILE, STATE_FILE, checkpoints_root, latest_checkpoint,
+                                       load_model_weights, read_train_state)
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class LoadedRun:
+    """A model ready for evaluation (eval mode, no grad needed) and everything it came with."""
+
+    model: Any  # a LanguageModel (nn.Module)
+    tokenizer: Tokenizer
+    config: RunConfig
+    checkpoint_dir: Path
+    run_dir: Path
+    step: int | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(checkpoint dir, run dir) for a run directory or a checkpoint directory."""
+    p = Path(path)
+    if not p.exists():
+        raise LmlabError(f"{p} does not exist. Fix: pass a run directory (the dump_dir of a training "
+                         "run) or one of its checkpoints/<step> directories.")
+    if (p / STATE_FILE).is_file() or (p / MODEL_FILE).is_file():
+        # <run>/checkpoints/<name>/ -> the run is two levels up
+        return p, p.parent.parent
+    if (p / CONFIG_FILE).is_file() or checkpoints_root(p).is_dir():
+        final = checkpoints_root(p) / "final"
+        if (final / STATE_FILE).is_file():
+            return final, p
+        newest = latest_checkpoint(p)
+        if newest is None:
+            raise LmlabError(f"{p} has no complete checkpoint under {checkpoints_root(p)}. Fix: train "
+                             f"the run first (lmlab train ... dump_dir={p}) or pass a checkpoint dir.")
+        return newest, p
+    raise LmlabError(f"{p} is neither a run directory (no {CONFIG_FILE}, no checkpoints/) nor a "
+                     f"checkpoint directory (no {STATE_FILE}). Fix: pass the dump_dir of a training run "
+                     "or one of its checkpoints/<step> directories.")
+
+
+def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Model (eval mode, on ``device``), tokenizer and config of the run or checkpoint at ``path``."""
+    ckpt, run_dir = resolve_checkpoint(path)
+    config_file = run_dir / CONFIG_FILE
+    if not config_file.is_file():
+        raise LmlabError(f"{config_file} is missing, so the checkpoint {ckpt} cannot be interpreted. "
+                         "Fix: keep checkpoints inside their run directory (<run>/checkpoints/<step>).")
+    cfg = load_config(config_file)
+    tok_file = run_dir / TOKENIZER_FILE
+    if not tok_file.is_file():
+        raise LmlabError(f"{tok_file} is missing: the model's vocabulary is unknown. Fix: copy the "
+                         f"run's {TOKENIZER_FILE} back into {run_dir}.")
+    tokenizer = load_tokenizer(tok_file)
+    if not (ckpt / MODEL_FILE).is_file():
+        raise LmlabError(f"{ckpt / MODEL_FILE} is missing. Fix: pass another checkpoint of the run.")
+    state = read_train_state(ckpt) if (ckpt / STATE_FILE).is_file() else {}
+    model_cfg = _model_config(state.get("model"), cfg, tokenizer, ckpt)
+    model = build_model(model_cfg)
+    load_model_weights(model, ckpt)
+    model.to(_device(device)).eval()
+    return LoadedRun(model, tokenizer, cfg, ckpt, run_dir, state.get("step"))
+
+
+def _model_config(saved: dict | None, cfg: RunConfig, tokenizer: Tokenizer, ckpt: Path) -> Any:
+    """The model's dataclass from train_state.json's "model" dict, else from the run config."""
+    if saved is None:
+        # Checkpoints written before the resolved model config was stored: re-derive the two
+        # data-dependent sizes exactly as training did.
+        return resolve_model_config(cfg.model, tokenizer.vocab_size, cfg.data.seq_len)
+    name = saved.get("name")
+    if name not in MODELS:
+        raise LmlabError(f"{ckpt / STATE_FILE} names an unknown model family {name!r}. Fix: use an "
+                         f"lmlab version that has it (known: {sorted(MODELS)}).")
+    cls = model_config_class(name)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise LmlabError(f"{ckpt / STATE_FILE} has model keys this lmlab does not know: {unknown}. "
+                         "Fix: evaluate with the lmlab version that trained the checkpoint.")
+    return cls(**saved)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

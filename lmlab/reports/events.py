@@ -1,0 +1,527 @@
+"""The run's event log, ``<run>/events.jsonl``: what ran, what failed and where, and the run's status.
+
+``metrics.jsonl`` says how training went; this file says what *happened*: each invocation's start
+and end, the phases it went through (preflight, data, build, train, eval, report, ...), warnings,
+and for a failure the exception, the ``file:line`` that raised it and a traceback file under
+``<run>/errors/``. Reports and ``lmlab runs`` derive a run's status from it (``run_status``).
+
+Schema: one JSON object per line, always with ``event``, ``time`` (ISO 8601, UTC) and ``unix``
+(seconds since the epoch, for arithmetic). Events and their extra fields:
+
+* ``run_start``: ``pid``, ``host``, plus whatever the caller passes (``command``, ``step``, ...).
+* ``run_end``: ``status`` (``finished`` | ``stopped early`` | ``stopped`` | ``preempted`` |
+  ``failed``), ``seconds``; when failed also ``phase`` and ``exception``; plus caller fields.
+* ``phase_start``: ``phase`` plus caller fields.
+* ``phase_end``: ``phase``, ``status`` (``ok`` | ``failed`` | ``interrupted`` | ``preempted`` |
+  caller-chosen), ``seconds``; when failed ``exception``: ``{type, message, where ("file:line"),
+  function, traceback_file}``; plus caller fields.
+* ``warning``: ``message``, ``category``, ``where`` (``file:line``).
+
+Nothing secret is written: a value whose key names a credential is replaced, ``NAME=value``
+text whose NAME names one is masked, and the value of every environment variable whose name
+matches ``provenance.SECRET_NAME`` is masked wherever it appears (messages, tracebacks, info).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import traceback
+import warnings
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lmlab.reports.provenance import SECRET_NAME
+
+EVENTS_FILE = "events.jsonl"
+ERRORS_DIR = "errors"
+REDACTED = "<redacted>"
+# A run whose log and metrics have not changed for this long, and whose process cannot be seen,
+# is no longer running. Generous, because a training phase logs only every `logging.every` steps.
+STALE_AFTER_S = 900.0
+RUN_END_STATUSES = ("finished", "stopped early", "stopped", "preempted", "failed")
+
+# Dict keys name a credential when they *end* in a credential word ("api_key", "HF_TOKEN"), so that
+# lmlab's own counters such as "tokens" or "val/tokens" stay readable; same words as SECRET_NAME.
+_SECRET_KEY = re.compile(rf"(?:{SECRET_NAME.pattern}|CREDENTIALS)$", re.IGNORECASE)
+# "name=value" / "name: value" inside free text, e.g. a command line echoed in an error message.
+_SECRET_ASSIGNMENT = re.compile(
+    rf"(?P<name>\b[\w.-]*(?:{SECRET_NAME.pattern}|CREDENTIALS)\b[\"']?\s*[=:]\s*)(?P<quote>[\"']?)"
+    rf"(?P<value>[^\s\"',;]+)", re.IGNORECASE)
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../lmlab
+
+
+class Preempted(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM/SIGUSR1 (cluster preemption) by ``EventLog.run``.
+
+    A KeyboardInterrupt subclass so that code which already unwinds cleanly on Ctrl-C (and the
+    CLI's exit code 130) handles preemption the same way, without treating it as a bug.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signal_name = signal.Signals(signum).name
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+def _secret_env_values() -> dict[str, str]:
+    """Values of credential-named environment variables, longest first (so none masks part of
+    another). Values shorter than 4 characters are skipped: masking "1" everywhere helps nobody."""
+    found = {v: k for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 4}
+    return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
+
+
+def redact_text(text: str, env_values: dict[str, str] | None = None) -> str:
+    """Mask credential env values and ``NAME=value`` credentials in free text."""
+    for value, name in (env_values if env_values is not None else _secret_env_values()).items():
+        text = text.replace(value, f"<redacted:{name}>")
+    return _SECRET_ASSIGNMENT.sub(lambda m: m["name"] + m["quote"] + REDACTED, text)
+
+
+def redact(value: Any, env_values: dict[str, str] | None = None) -> Any:
+    """Copy of ``value`` (JSON-like) with every secret masked; see the module docstring."""
+    env_values = _secret_env_values() if env_values is None else env_values
+    if isinstance(value, dict):
+        return {k: REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "")
+                else redact(v, env_values) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v, env_values) for v in value]
+    if isinstance(value, str):
+        return redact_text(value, env_values)
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return redact_text(str(value), env_values)  # paths, dtypes, ...: written as text
+
+
+# --------------------------------------------------------------------------- exceptions
+
+
+def exception_location(exc: BaseException) -> tuple[str, str]:
+    """(``file:line``, function) of the innermost frame inside lmlab, else of the innermost frame.
+
+    "Inside lmlab" is what a user can act on: the torch frame that raised an OOM is less useful
+    than the lmlab line that called it. This module's own frames are skipped.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?", "?"
+    here = Path(__file__).resolve()
+    ours = [f for f in frames if _inside_lmlab(f.filename) and Path(f.filename).resolve() != here]
+    frame = (ours or frames)[-1]
+    return f"{_display_path(frame.filename)}:{frame.lineno}", frame.name
+
+
+def _inside_lmlab(filename: str) -> bool:
+    try:
+        Path(filename).resolve().relative_to(_PACKAGE_DIR)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _display_path(filename: str) -> str:
+    """Package-relative ("lmlab/training/loop.py") when inside lmlab; the path as given otherwise."""
+    try:
+        return Path(filename).resolve().relative_to(_PACKAGE_DIR.parent).as_posix()
+    except (ValueError, OSError):
+        return filename
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "phase"
+
+
+def _now() -> tuple[str, float]:
+    unix = time.time()
+    iso = datetime.fromtimestamp(unix, timezone.utc).isoformat(timespec="milliseconds")
+    return iso.replace("+00:00", "Z"), unix
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class EventLog:
+    """Appends events to ``<run_dir>/events.jsonl`` (the directory is created on the first event).
+
+    Typical use (the CLI's ``train``)::
+
+        log = EventLog(cfg.dump_dir)
+        with log.run(command=argv):            # run_start ... run_end, warnings, SIGTERM
+            with log.phase("data"): ...
+            with log.phase("train"): summary = ...
+            log.set_result(summary["status"], step=summary["step"])
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / EVENTS_FILE
+        self._phase_started: dict[str, float] = {}
+        self._run_started: float | None = None
+        self._result: dict | None = None
+        # id(exception) -> (exception, summary, phase): an exception crossing nested phases and
+        # run() is recorded (and its traceback written) once, at the innermost phase.
+        self._failures: dict[int, tuple[BaseException, dict, str]] = {}
+
+    def emit(self, event: str, **fields: Any) -> dict:
+        """Append one event (redacted) and return it as written."""
+        iso, unix = _now()
+        record = redact({"event": event, "time": iso, "unix": unix, **fields})
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # One write() per line on an O_APPEND handle, reopened each time: lines from concurrent
+        # writers (or a process killed mid-run) stay whole, and nothing is buffered when killed.
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        return record
+
+    # ----------------------------------------------------------------- runs
+
+    def run_start(self, **info: Any) -> dict:
+        self._run_started = time.time()
+        self._result = None
+        return self.emit("run_start", pid=os.getpid(), host=socket.gethostname(), **info)
+
+    def run_end(self, status: str, **info: Any) -> dict:
+        seconds = time.time() - self._run_started if self._run_started is not None else None
+        return self.emit("run_end", status=status, seconds=seconds, **info)
+
+    def set_result(self, status: str, **info: Any) -> None:
+        """How the run ended, written as ``run_end`` when the ``run()`` block exits normally."""
+        if status not in RUN_END_STATUSES:
+            raise ValueError(f"status must be one of {RUN_END_STATUSES}, got {status!r}")
+        self._result = {"status": status, **info}
+
+    @contextmanager
+    def run(self, trap_signals: bool = True, **info: Any):
+        """``run_start``, then ``run_end`` however the block ends; warnings are recorded inside.
+
+        A normal exit writes the ``set_result`` status (default ``finished``); Ctrl-C writes
+        ``stopped``; SIGTERM/SIGUSR1 (when ``trap_signals``, main thread only) raise ``Preempted``
+        and write ``preempted``; any other exception writes ``failed`` with the phase it failed in.
+        Exceptions are always re-raised.
+        """
+        self.run_start(**info)
+        restore = self._trap_signals() if trap_signals else None
+        try:
+            with self.capture_warnings():
+                yield self
+        except Preempted as err:
+            self.run_end("preempted", signal=err.signal_name)
+            raise
+        except KeyboardInterrupt:
+            self.run_end("stopped", reason="KeyboardInterrupt")
+            raise
+        except SystemExit as err:
+            if err.code not in (0, None):
+                self._run_failed(err)
+            else:
+                self.run_end(**(self._result or {"status": "finished"}))
+            raise
+        except Exception as err:
+            self._run_failed(err)
+            raise
+        else:
+            self.run_end(**(self._result or {"status": "finished"}))
+        finally:
+            if restore is not None:
+                restore()
+
+    def _run_failed(self, err: BaseException) -> None:
+        summary, phase = self.record_exception(err, "run")
+        self.run_end("failed", phase=phase, exception=summary)
+
+    def _trap_signals(self):
+        """Turn SIGTERM/SIGUSR1 into ``Preempted`` so the block unwinds; returns the undo."""
+        if threading.current_thread() is not threading.main_thread():
+            return None  # signal.signal only works in the main thread
+
+        def handler(signum, frame):
+            raise Preempted(signum)
+
+        previous = {}
+        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+            if sig is not None:
+                previous[sig] = signal.signal(sig, handler)
+        return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
+
+    # ----------------------------------------------------------------- phases
+
+    def phase_start(self, name: str, **info: Any) -> dict:
+        self._phase_started[name] = time.time()
+        return self.emit("phase_start", phase=name, **info)
+
+    def phase_end(self, name: str, status: str = "ok", **info: Any) -> dict:
+        started = self._phase_started.pop(name, None)
+        seconds = time.time() - started if started is not None else None
+        return self.emit("phase_end", phase=name, status=status, seconds=seconds, **info)
+
+    @contextmanager
+    def phase(self, name: str, **info: Any):
+        """``phase_start`` / ``phase_end``; on an exception, record it (and its traceback file)
+        before re-raising it unchanged."""
+        self.phase_start(name, **info)
+        try:
+            yield self
+        except Preempted as err:
+            self.phase_end(name, status="preempted", signal=err.signal_name)
+            raise
+        except KeyboardInterrupt:
+            self.phase_end(name, status="interrupted")
+            raise
+        except SystemExit as err:
+            self.phase_end(name, status="exited", code=str(err.code))
+            raise
+        except Exception as err:
+            summary, failed_in = self.record_exception(err, name)
+            extra = {} if failed_in == name else {"failed_in": failed_in}
+            self.phase_end(name, status="failed", exception=summary, **extra)
+            raise
+        else:
+            self.phase_end(name)
+
+    def record_exception(self, exc: BaseException, phase: str) -> tuple[dict, str]:
+        """Summary of ``exc`` (type, message, where, function, traceback_file) and the phase it
+        was first recorded in; writes the traceback file the first time ``exc`` is seen."""
+        known = self._failures.get(id(exc))
+        if known is not None and known[0] is exc:
+            return known[1], known[2]
+        where, function = exception_location(exc)
+        summary = {"type": type(exc).__name__, "message": str(exc), "where": where,
+                   "function": function}
+        summary["traceback_file"] = self._write_traceback(exc, phase, summary)
+        summary = redact(summary)
+        self._failures[id(exc)] = (exc, summary, phase)
+        return summary, phase
+
+    def _write_traceback(self, exc: BaseException, phase: str, summary: dict) -> str | None:
+        """``errors/<UTC time>-<phase>.txt``: a short header, then the full (redacted) traceback."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        folder = self.run_dir / ERRORS_DIR
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path, n = folder / f"{stamp}-{_safe_name(phase)}.txt", 1
+            while path.exists():  # two failures in the same second
+                n += 1
+                path = folder / f"{stamp}-{_safe_name(phase)}-{n}.txt"
+            header = (f"phase: {phase}\nexception: {summary['type']}: {summary['message']}\n"
+                      f"where: {summary['where']} (in {summary['function']})\n\n")
+            body = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            path.write_text(redact_text(header + body), encoding="utf-8")
+        except OSError:
+            return None  # a full disk must not hide the original exception
+        return path.relative_to(self.run_dir).as_posix()
+
+    # ----------------------------------------------------------------- warnings
+
+    def warning(self, message: Any, category: Any = "UserWarning", file: str = "",
+                line: int | None = None) -> dict:
+        name = category.__name__ if isinstance(category, type) else str(category)
+        where = f"{_display_path(str(file))}:{line}" if file else "?"
+        return self.emit("warning", message=str(message), category=name, where=where)
+
+    @contextmanager
+    def capture_warnings(self):
+        """Record every Python warning shown inside the block; it is still shown as before.
+
+        Chains onto ``warnings.showwarning`` rather than ``catch_warnings(record=True)``, which
+        would swallow the warnings the user (and pytest) should still see.
+        """
+        with warnings.catch_warnings():  # restores showwarning and the filters on exit
+            previous = warnings.showwarning
+
+            def hook(message, category, filename, lineno, file=None, line=None):
+                try:
+                    self.warning(message, category, filename, lineno)
+                except OSError:
+                    pass  # logging a warning must never become an error
+                previous(message, category, filename, lineno, file, line)
+
+            warnings.showwarning = hook
+            yield self
+
+
+# --------------------------------------------------------------------------- reading and status
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every JSON object in a JSON-lines file; unparsable lines (a write cut off by a kill) are
+    skipped rather than failing the report of a run that died."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def read_events(run_dir: str | Path) -> list[dict]:
+    return read_jsonl(Path(run_dir) / EVENTS_FILE)
+
+
+def last_update(run_dir: str | Path) -> float | None:
+    """Newest modification time of the files a live run keeps writing (unix seconds)."""
+    run_dir = Path(run_dir)
+    paths = [run_dir / EVENTS_FILE, run_dir / "metrics.jsonl", run_dir / "metrics.eval.jsonl",
+             run_dir / "checkpoints"]
+    times = [p.stat().st_mtime for p in paths if p.exists()]
+    return max(times) if times else None
+
+
+def run_status(run_dir: str | Path, now: float | None = None,
+               stale_after: float = STALE_AFTER_S) -> dict:
+    """Status of a run directory, from ``events.jsonl`` and (without events) its checkpoints.
+
+    Rules, applied to the events after the last ``run_start`` (one invocation of the command):
+
+    1. a ``run_end`` event: its ``status`` (finished | stopped early | stopped | preempted |
+       failed, the last with ``phase`` and ``exception``);
+    2. no ``run_end``, and the process is alive (same host, pid exists) or -- when that cannot
+       be checked (another host) -- some run file changed within ``stale_after`` seconds:
+       ``running`` (``phase`` = the phase still open);
+    3. no ``run_end`` and not running: ``failed`` if a phase failed, ``preempted`` / ``stopped``
+       if a phase ended by SIGTERM / Ctrl-C, else ``interrupted`` (killed without a trace:
+       ``kill -9``, the OOM killer, a lost node);
+    4. no events at all (a run from before the log existed): ``running`` if files changed within
+       ``stale_after``; ``finished`` / ``stopped early`` from a finished checkpoint; ``stopped``
+       at ``training.stop_at``; otherwise ``interrupted``.
+
+    Returns ``{status, rule, reason, phase, exception, attempts, started, ended, last_update}``:
+    ``rule`` names the rule that decided (run_end, alive, recent_files, failed_phase,
+    preempted_phase, interrupted_phase, vanished, no_events_recent, no_events_finished,
+    no_events_stop_at, no_events_unknown); ``reason`` says it in English.
+    """
+    run_dir = Path(run_dir)
+    now = time.time() if now is None else now
+    updated = last_update(run_dir)
+    fresh = updated is not None and now - updated < stale_after
+    events = read_events(run_dir)
+    starts = [i for i, e in enumerate(events) if e.get("event") == "run_start"]
+    base = {"phase": None, "exception": None, "attempts": len(starts), "started": None,
+            "ended": None, "last_update": _iso(updated)}
+    if not starts:
+        return {**base, **_status_without_events(run_dir, fresh, stale_after)}
+    attempt = events[starts[-1]:]
+    base["started"] = attempt[0].get("time")
+    end = next((e for e in reversed(attempt) if e.get("event") == "run_end"), None)
+    if end is not None:
+        status = end.get("status") or "finished"
+        extra = {"phase": end.get("phase"), "exception": end.get("exception")} if status == "failed" else {}
+        return {**base, **extra, "status": status, "ended": end.get("time"), "rule": "run_end",
+                "reason": f"run_end event with status '{status}'"}
+    alive = _process_alive(attempt[0])
+    if alive or (alive is None and fresh):
+        why = "its process is alive" if alive else f"files changed in the last {stale_after:.0f} s"
+        return {**base, "status": "running", "phase": _open_phase(attempt),
+                "rule": "alive" if alive else "recent_files",
+                "reason": f"no run_end event yet and {why}"}
+    return {**base, **_status_after_death(attempt, alive, stale_after)}
+
+
+def _status_after_death(attempt: list[dict], alive: bool | None, stale_after: float) -> dict:
+    gone = "its process is gone" if alive is False else f"nothing changed for {stale_after:.0f} s"
+    ends = [e for e in attempt if e.get("event") == "phase_end"]
+    failed = next((e for e in reversed(ends) if e.get("status") == "failed"), None)
+    if failed is not None:
+        return {"status": "failed", "phase": failed.get("failed_in") or failed.get("phase"),
+                "exception": failed.get("exception"), "rule": "failed_phase",
+                "reason": f"phase '{failed.get('phase')}' failed and {gone} without a run_end event"}
+    for phase_status, status in (("preempted", "preempted"), ("interrupted", "stopped")):
+        hit = next((e for e in reversed(ends) if e.get("status") == phase_status), None)
+        if hit is not None:
+            return {"status": status, "phase": hit.get("phase"), "rule": f"{phase_status}_phase",
+                    "reason": f"phase '{hit.get('phase')}' ended {phase_status}; no run_end event"}
+    return {"status": "interrupted", "phase": _open_phase(attempt), "rule": "vanished",
+            "reason": f"started, no run_end event, and {gone} (killed?)"}
+
+
+def _status_without_events(run_dir: Path, fresh: bool, stale_after: float) -> dict:
+    import yaml
+
+    state = _final_state(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        config = {}
+    epochs = int(config.get("epochs") or 0)
+    # Runs from before train_state.json had "finished": a step-mode run that reached its steps.
+    reached = not epochs and state.get("step", 0) >= int(config.get("steps") or 0) > 0
+    if state.get("finished") or reached:
+        done = max((int(m.get("epoch") or 0) for m in read_jsonl(run_dir / "metrics.jsonl")
+                    if "train/epoch_loss" in m), default=0)
+        status = "stopped early" if epochs and done < epochs else "finished"
+        return {"status": status, "rule": "no_events_finished",
+                "reason": "no events.jsonl; the last checkpoint is marked finished"}
+    if fresh:  # after the finished check: a run that ended seconds ago is not running
+        return {"status": "running", "rule": "no_events_recent",
+                "reason": f"no events.jsonl; files changed in the last {stale_after:.0f} s"}
+    stop_at = int((config.get("training") or {}).get("stop_at") or 0)
+    if state and stop_at and state.get("step") == stop_at:
+        return {"status": "stopped", "rule": "no_events_stop_at",
+                "reason": f"no events.jsonl; last checkpoint at training.stop_at={stop_at}"}
+    return {"status": "interrupted", "rule": "no_events_unknown",
+            "reason": f"no events.jsonl, no finished checkpoint and no change for {stale_after:.0f} s"}
+
+
+def _final_state(run_dir: Path) -> dict:
+    """train_state.json of the newest step checkpoint, else of checkpoints/final ({} if none).
+
+    The newest step first: after a resume with more steps, final/ still holds the old end."""
+    root = run_dir / "checkpoints"
+    candidates = []
+    if root.is_dir():
+        steps = sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        candidates += steps[::-1]
+    candidates.append(root / "final")
+    for folder in candidates:
+        try:
+            return json.loads((folder / "train_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
+def _process_alive(start: dict) -> bool | None:
+    """Whether the pid recorded at run_start still exists; None when it cannot be checked here."""
+    pid, host = start.get("pid"), start.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return None
+    return True
+
+
+def _open_phase(attempt: list[dict]) -> str | None:
+    """The most recently started phase that has not ended."""
+    open_phases: list[str] = []
+    for e in attempt:
+        if e.get("event") == "phase_start":
+            open_phases.append(e.get("phase"))
+        elif e.get("event") == "phase_end" and e.get("phase") in open_phases:
+            open_phases.remove(e.get("phase"))
+    return open_phases[-1] if open_phases else None
+
+
+def _iso(unix: float | None) -> str | None:
+    if unix is None:
+        return None
+    return datetime.fromtimestamp(unix, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

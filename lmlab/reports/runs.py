@@ -1,0 +1,216 @@
+"""Reading run directories: one run's files and summary (``load_run``, ``summarize``), and every
+run under a folder (``list_runs``, ``format_runs_table``, behind ``lmlab runs``).
+
+A run directory is a folder holding ``events.jsonl``, or ``config.yaml`` together with
+``metrics.jsonl`` or ``checkpoints/``. The event log alone is enough so that a run which failed
+before writing its config (e.g. in preflight) is still listed, as failed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lmlab.reports.events import EVENTS_FILE, last_update, read_jsonl, run_status
+
+# Folders inside a run that never hold runs themselves: not descended into by list_runs.
+_RUN_SUBDIRS = {"checkpoints", "plots", "errors"}
+
+
+@dataclass
+class Run:
+    """Everything a report reads from one run directory; missing files read as empty."""
+
+    path: Path
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    status: dict = field(default_factory=dict)
+
+    @property
+    def epoch_mode(self) -> bool:
+        return bool(self.config.get("epochs"))
+
+    @property
+    def train(self) -> list[dict]:
+        """Training log lines (one per ``logging.every`` steps)."""
+        return [m for m in self.metrics if "loss" in m]
+
+    @property
+    def val(self) -> list[dict]:
+        return [m for m in self.metrics if "val/loss" in m]
+
+    @property
+    def epochs(self) -> list[dict]:
+        """Epoch mode: one ``train/epoch_loss`` line per finished epoch."""
+        return [m for m in self.metrics if "train/epoch_loss" in m]
+
+    def get(self, dotted: str, default=None):
+        """A config value by dotted key (``optim.lr``)."""
+        node = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+
+def is_run_dir(path: Path) -> bool:
+    if (path / EVENTS_FILE).is_file():
+        return True
+    return (path / "config.yaml").is_file() and (
+        (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir())
+
+
+def load_run(run_dir: str | Path, now: float | None = None) -> Run:
+    run_dir = Path(run_dir)
+    return Run(path=run_dir, config=_read_yaml(run_dir / "config.yaml"),
+               provenance=_read_json(run_dir / "provenance.json"),
+               metrics=read_jsonl(run_dir / "metrics.jsonl"), events=read_jsonl(run_dir / EVENTS_FILE),
+               evals=read_jsonl(run_dir / "metrics.eval.jsonl"), status=run_status(run_dir, now=now))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def best_validation(run: Run) -> dict | None:
+    """The validation line with the lowest ``val/loss`` (finite values only), or None."""
+    finite = [m for m in run.val if isinstance(m["val/loss"], (int, float)) and m["val/loss"] == m["val/loss"]
+              and abs(m["val/loss"]) != float("inf")]
+    return min(finite, key=lambda m: m["val/loss"]) if finite else None
+
+
+def progress(run: Run) -> tuple[int, int, str]:
+    """(done, planned, unit): epochs in epoch mode, optimizer steps otherwise."""
+    if run.epoch_mode:
+        done = max((int(m.get("epoch") or 0) for m in run.epochs), default=0)
+        return done, int(run.config.get("epochs") or 0), "epochs"
+    done = max((int(m.get("step") or 0) for m in run.metrics), default=0)
+    return done, int(run.config.get("steps") or 0), "steps"
+
+
+def median_tokens_per_s(run: Run) -> float | None:
+    """Median over logging windows; the first window (start-up, warm-up) is left out when
+    there are others, since it understates the steady rate."""
+    rates = [m["tokens_per_s"] for m in run.train if isinstance(m.get("tokens_per_s"), (int, float))]
+    rates = rates[1:] if len(rates) > 1 else rates
+    return statistics.median(rates) if rates else None
+
+
+def duration(run: Run, now: float | None = None) -> tuple[float | None, bool]:
+    """(wall seconds over all invocations, approximate?).
+
+    From the event log: the sum over invocations of run_start -> run_end (or the last event, or
+    now for a running run). Without it: provenance time (the last invocation's start) -> the
+    last file change, flagged approximate.
+    """
+    now = time.time() if now is None else now
+    starts = [i for i, e in enumerate(run.events) if e.get("event") == "run_start"]
+    if starts:
+        total = 0.0
+        for n, i in enumerate(starts):
+            attempt = run.events[i:starts[n + 1]] if n + 1 < len(starts) else run.events[i:]
+            end = attempt[-1].get("unix", attempt[0].get("unix", 0))
+            if n + 1 == len(starts) and run.status.get("status") == "running":
+                end = now
+            total += max(0.0, end - attempt[0].get("unix", end))
+        return total, False
+    started = _parse_time(run.provenance.get("time"))
+    updated = last_update(run.path)
+    if started is None or updated is None:
+        return None, True
+    return max(0.0, updated - started), True
+
+
+def _parse_time(text) -> float | None:
+    from datetime import datetime
+
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def summarize(run: Run, root: Path | None = None) -> dict:
+    """The row ``lmlab runs`` prints (and the comparison table starts from)."""
+    done, planned, unit = progress(run)
+    best = best_validation(run)
+    seconds, approx = duration(run)
+    name = run.path.relative_to(root).as_posix() if root and run.path != root else run.path.name
+    return {"name": name or run.path.name, "path": str(run.path), "model": run.get("model.name"),
+            "status": run.status.get("status"), "phase": run.status.get("phase"),
+            "done": done, "planned": planned, "unit": unit,
+            "best_val_loss": best["val/loss"] if best else None, "best": best,
+            "tokens_per_s": median_tokens_per_s(run), "duration_s": seconds,
+            "duration_approx": approx, "last_update": run.status.get("last_update")}
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def list_runs(root: str | Path, now: float | None = None) -> list[dict]:
+    """Every run directory under ``root`` (``root`` itself included), newest update first."""
+    root = Path(root)
+    rows = []
+    for folder, subdirs, _ in os.walk(root):
+        path = Path(folder)
+        if is_run_dir(path):
+            rows.append(summarize(load_run(path, now=now), root))
+            subdirs[:] = [d for d in subdirs if d not in _RUN_SUBDIRS]
+        subdirs.sort()
+    return sorted(rows, key=lambda r: r["last_update"] or "", reverse=True)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1h02m``, ``4m05s``, ``12s``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def format_runs_table(rows: list[dict]) -> str:
+    """An aligned plain-text table of ``list_runs`` rows (``~`` marks an approximate duration)."""
+    if not rows:
+        return "no runs found"
+    header = ("run", "model", "status", "progress", "best val loss", "duration", "last update")
+    lines = [header]
+    for r in rows:
+        status = f"{r['status']} ({r['phase']})" if r["status"] == "failed" and r["phase"] else r["status"]
+        planned = f"/{r['planned']}" if r["planned"] else ""
+        best = f"{r['best_val_loss']:.4f}" if r["best_val_loss"] is not None else "-"
+        took = ("~" if r["duration_approx"] and r["duration_s"] is not None else "") + \
+            format_duration(r["duration_s"])
+        lines.append((r["name"], r["model"] or "-", status or "-", f"{r['done']}{planned} {r['unit']}",
+                      best, took, (r["last_update"] or "-").replace("T", " ")))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    out = ["  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
