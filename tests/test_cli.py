@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -32,13 +31,11 @@ def missing_val_root(tmp_path):
 
 @pytest.mark.parametrize("command", ["check", "train"])
 def test_validation_without_val_files_is_refused_before_any_compute(command, tmp_path, missing_val_root):
+    # (how fast this is gets measured, not asserted: tests never assert timings)
     run = tmp_path / "run"
-    started = time.monotonic()
     out = run_lmlab(command, DEBUG, f"data.root_dir={missing_val_root}",
                     "data.sources={wiki: 1.0, web: 1.0}", f"dump_dir={run}")
-    elapsed = time.monotonic() - started
     assert out.returncode == 2
-    assert elapsed < 10
     assert "Traceback" not in out.stderr + out.stdout
     assert str(missing_val_root / "wiki") in out.stderr
     assert str(missing_val_root / "web") + " " not in out.stderr  # only the source that lacks them

@@ -124,17 +124,23 @@ class _RowText:
     def __init__(self, index: int, tokenizer, stop: Sequence[str], stream: StreamFn | None):
         self.index, self.tokenizer, self.stream = index, tokenizer, stream
         self.stop = [s for s in stop if s]
-        self.text, self.emitted = "", 0
+        self.text, self.emitted, self.ids, self.stopped = "", 0, [], False
 
     def update(self, ids: list[int]) -> bool:
         """Decode ``ids``; True (and the text cut before it) when a stop string has appeared."""
+        self.ids = ids
+        if not self.stop and self.stream is None:
+            return False  # nothing to watch for: decode once, at the end
         text = self.tokenizer.decode(ids)
         cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         self.text = text[:min(cuts)] if cuts else text
-        self._emit(final=bool(cuts))
-        return bool(cuts)
+        self.stopped = bool(cuts)
+        self._emit(final=self.stopped)
+        return self.stopped
 
     def finish(self) -> str:
+        if not self.stopped:
+            self.text = self.tokenizer.decode(self.ids)
         self._emit(final=True)
         return self.text
 

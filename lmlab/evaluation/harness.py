@@ -182,7 +182,8 @@ class LmlabLM(LM):
         do_sample=False means greedy whatever the temperature (HF semantics)."""
         kwargs = dict(gen_kwargs or {})
         until = kwargs.pop("until", None) or []
-        max_tokens = kwargs.pop("max_gen_toks", None) or kwargs.pop("max_new_tokens", None)
+        max_tokens = kwargs.pop("max_gen_toks", None)
+        max_tokens = kwargs.pop("max_new_tokens", None) or max_tokens  # HF's name for it
         temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
         top_p = kwargs.pop("top_p", None)
         do_sample = kwargs.pop("do_sample", None)
@@ -223,12 +224,16 @@ class LmlabLM(LM):
                 width = len(jobs[batch[0]][0])
                 rows = [jobs[j][0] + [pad] * (width - len(jobs[j][0])) for j in batch]
                 logits = self.model(torch.tensor(rows, dtype=torch.long, device=self._device))
+                sums, greedy = [], []
                 for r, j in enumerate(batch):
                     inputs, targets = jobs[j]
                     scored = F.log_softmax(logits[r, len(inputs) - len(targets):len(inputs)].float(), -1)
                     target = torch.tensor(targets, device=scored.device)
-                    results[j] = (scored.gather(-1, target[:, None]).sum().item(),
-                                  bool((scored.argmax(-1) == target).all()))
+                    sums.append(scored.gather(-1, target[:, None]).sum())
+                    greedy.append((scored.argmax(-1) == target).all())
+                # one device->host copy per batch, not one per request
+                for j, lp, g in zip(batch, torch.stack(sums).tolist(), torch.stack(greedy).tolist()):
+                    results[j] = (lp, bool(g))
                 bar.update(len(batch))
         bar.close()
         return results

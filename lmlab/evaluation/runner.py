@@ -109,15 +109,33 @@ def _clean(row: dict) -> dict:
 
 def write_results(rows: list[dict], checkpoint_dir: str | Path, run_dir: str | Path,
                   step: int | None) -> Path:
-    """``<checkpoint>/eval_results.json`` (replaced atomically) plus lines appended to
-    ``<run>/metrics.eval.jsonl``; returns the JSON file's path."""
+    """Merge ``rows`` into ``<checkpoint>/eval_results.json`` (replaced atomically) and append them to
+    ``<run>/metrics.eval.jsonl``; returns the JSON file's path.
+
+    The JSON file collects everything measured on that checkpoint: a new row replaces an earlier
+    one of the same task, metric and shot count, so validation and harness tasks may be written by
+    separate calls.
+    """
     rows = [_clean(r) for r in rows]
     target = Path(checkpoint_dir) / RESULTS_FILE
+    fresh = {_row_key(r) for r in rows}
+    kept = [r for r in _read_results(target) if _row_key(r) not in fresh]
     tmp = target.with_name(f".{RESULTS_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"step": step, "results": rows}, indent=2), encoding="utf-8")
+    tmp.write_text(json.dumps({"step": step, "results": kept + rows}, indent=2), encoding="utf-8")
     os.replace(tmp, target)  # never a half-written results file beside a complete checkpoint
     with open(Path(run_dir) / METRICS_FILE, "a", encoding="utf-8") as handle:
         for row in rows:
             flat = {"step": step, **{k: row.get(k) for k in _FLAT_KEYS}}
             handle.write(json.dumps(flat) + "\n")
     return target
+
+
+def _row_key(row: dict) -> tuple:
+    return row.get("task"), row.get("metric"), row.get("num_fewshot")
+
+
+def _read_results(path: Path) -> list[dict]:
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8")).get("results", []))
+    except (OSError, ValueError, AttributeError):
+        return []  # none yet, or unreadable: it is rewritten whole below

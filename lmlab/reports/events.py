@@ -28,6 +28,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -74,8 +75,10 @@ class Preempted(KeyboardInterrupt):
 
 def _secret_env_values() -> dict[str, str]:
     """Values of credential-named environment variables, longest first (so none masks part of
-    another). Values shorter than 4 characters are skipped: masking "1" everywhere helps nobody."""
-    found = {v: k for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 4}
+    another). Values shorter than 8 characters are skipped: they are flags, not credentials
+    (``TOKENIZERS_PARALLELISM=false`` matches the name pattern), and masking every "false" in a
+    traceback would only make it unreadable."""
+    found = {v: k for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8}
     return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
 
 
@@ -128,7 +131,9 @@ def _inside_lmlab(filename: str) -> bool:
 
 
 def _display_path(filename: str) -> str:
-    """Package-relative ("lmlab/training/loop.py") when inside lmlab; the path as given otherwise."""
+    """Relative to the folder holding the lmlab package when below it ("lmlab/training/loop.py";
+    "torch/nn/..." for a site-packages install), so reports do not depend on the checkout path;
+    the path as given otherwise."""
     try:
         return Path(filename).resolve().relative_to(_PACKAGE_DIR.parent).as_posix()
     except (ValueError, OSError):
@@ -174,11 +179,16 @@ class EventLog:
         """Append one event (redacted) and return it as written."""
         iso, unix = _now()
         record = redact({"event": event, "time": iso, "unix": unix, **fields})
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        # One write() per line on an O_APPEND handle, reopened each time: lines from concurrent
-        # writers (or a process killed mid-run) stay whole, and nothing is buffered when killed.
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            # One write() per line on an O_APPEND handle, reopened each time: lines from concurrent
+            # writers (or a process killed mid-run) stay whole, and nothing is buffered when killed.
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        except OSError as err:
+            # Often called while an exception is propagating: a full disk or read-only run dir
+            # must not replace the error the user needs to see.
+            print(f"lmlab: could not write {self.path}: {err}", file=sys.stderr)
         return record
 
     # ----------------------------------------------------------------- runs
@@ -393,15 +403,16 @@ def run_status(run_dir: str | Path, now: float | None = None,
        be checked (another host) -- some run file changed within ``stale_after`` seconds:
        ``running`` (``phase`` = the phase still open);
     3. no ``run_end`` and not running: ``failed`` if a phase failed, ``preempted`` / ``stopped``
-       if a phase ended by SIGTERM / Ctrl-C, else ``interrupted`` (killed without a trace:
-       ``kill -9``, the OOM killer, a lost node);
+       if a phase ended by SIGTERM / Ctrl-C, ``finished`` if the last checkpoint is marked
+       finished, else ``interrupted`` (killed without a trace: ``kill -9``, the OOM killer, a
+       lost node);
     4. no events at all (a run from before the log existed): ``running`` if files changed within
        ``stale_after``; ``finished`` / ``stopped early`` from a finished checkpoint; ``stopped``
        at ``training.stop_at``; otherwise ``interrupted``.
 
     Returns ``{status, rule, reason, phase, exception, attempts, started, ended, last_update}``:
     ``rule`` names the rule that decided (run_end, alive, recent_files, failed_phase,
-    preempted_phase, interrupted_phase, vanished, no_events_recent, no_events_finished,
+    preempted_phase, interrupted_phase, ckpt_finished, vanished, no_events_recent, no_events_finished,
     no_events_stop_at, no_events_unknown); ``reason`` says it in English.
     """
     run_dir = Path(run_dir)
@@ -409,7 +420,8 @@ def run_status(run_dir: str | Path, now: float | None = None,
     updated = last_update(run_dir)
     fresh = updated is not None and now - updated < stale_after
     events = read_events(run_dir)
-    starts = [i for i, e in enumerate(events) if e.get("event") == "run_start"]
+    # Phase events written without run()/run_start still form one invocation.
+    starts = [i for i, e in enumerate(events) if e.get("event") == "run_start"] or ([0] if events else [])
     base = {"phase": None, "exception": None, "attempts": len(starts), "started": None,
             "ended": None, "last_update": _iso(updated)}
     if not starts:
@@ -428,10 +440,11 @@ def run_status(run_dir: str | Path, now: float | None = None,
         return {**base, "status": "running", "phase": _open_phase(attempt),
                 "rule": "alive" if alive else "recent_files",
                 "reason": f"no run_end event yet and {why}"}
-    return {**base, **_status_after_death(attempt, alive, stale_after)}
+    return {**base, **_status_after_death(run_dir, attempt, alive, stale_after)}
 
 
-def _status_after_death(attempt: list[dict], alive: bool | None, stale_after: float) -> dict:
+def _status_after_death(run_dir: Path, attempt: list[dict], alive: bool | None,
+                        stale_after: float) -> dict:
     gone = "its process is gone" if alive is False else f"nothing changed for {stale_after:.0f} s"
     ends = [e for e in attempt if e.get("event") == "phase_end"]
     failed = next((e for e in reversed(ends) if e.get("status") == "failed"), None)
@@ -444,6 +457,9 @@ def _status_after_death(attempt: list[dict], alive: bool | None, stale_after: fl
         if hit is not None:
             return {"status": status, "phase": hit.get("phase"), "rule": f"{phase_status}_phase",
                     "reason": f"phase '{hit.get('phase')}' ended {phase_status}; no run_end event"}
+    if _final_state(run_dir).get("finished"):  # killed after training ended (e.g. in a report)
+        return {"status": "finished", "rule": "ckpt_finished",
+                "reason": "no run_end event, but the last checkpoint is marked finished"}
     return {"status": "interrupted", "phase": _open_phase(attempt), "rule": "vanished",
             "reason": f"started, no run_end event, and {gone} (killed?)"}
 

@@ -8,6 +8,7 @@ before writing its config (e.g. in preflight) is still listed, as failed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -98,8 +99,7 @@ def _read_json(path: Path) -> dict:
 
 def best_validation(run: Run) -> dict | None:
     """The validation line with the lowest ``val/loss`` (finite values only), or None."""
-    finite = [m for m in run.val if isinstance(m["val/loss"], (int, float)) and m["val/loss"] == m["val/loss"]
-              and abs(m["val/loss"]) != float("inf")]
+    finite = [m for m in run.val if isinstance(m["val/loss"], (int, float)) and math.isfinite(m["val/loss"])]
     return min(finite, key=lambda m: m["val/loss"]) if finite else None
 
 
@@ -112,12 +112,14 @@ def progress(run: Run) -> tuple[int, int, str]:
     return done, int(run.config.get("steps") or 0), "steps"
 
 
-def median_tokens_per_s(run: Run) -> float | None:
-    """Median over logging windows; the first window (start-up, warm-up) is left out when
-    there are others, since it understates the steady rate."""
-    rates = [m["tokens_per_s"] for m in run.train if isinstance(m.get("tokens_per_s"), (int, float))]
-    rates = rates[1:] if len(rates) > 1 else rates
-    return statistics.median(rates) if rates else None
+def steady_median(run: Run, key: str) -> float | None:
+    """Median of a training metric over logging windows (finite values); the first window
+    (start-up, allocator and kernel warm-up) is left out when there are others, since it
+    understates the steady rate."""
+    values = [m[key] for m in run.train if isinstance(m.get(key), (int, float))
+              and not isinstance(m.get(key), bool) and math.isfinite(m[key])]
+    values = values[1:] if len(values) > 1 else values
+    return statistics.median(values) if values else None
 
 
 def duration(run: Run, now: float | None = None) -> tuple[float | None, bool]:
@@ -166,7 +168,7 @@ def summarize(run: Run, root: Path | None = None) -> dict:
             "status": run.status.get("status"), "phase": run.status.get("phase"),
             "done": done, "planned": planned, "unit": unit,
             "best_val_loss": best["val/loss"] if best else None, "best": best,
-            "tokens_per_s": median_tokens_per_s(run), "duration_s": seconds,
+            "tokens_per_s": steady_median(run, "tokens_per_s"), "duration_s": seconds,
             "duration_approx": approx, "last_update": run.status.get("last_update")}
 
 

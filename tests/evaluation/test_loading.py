@@ -1,0 +1,81 @@
+"""load_for_eval on a real (tiny) training run, validation through the runner, and result files."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import CONFIGS
+from lmlab.cli import main
+from lmlab.errors import LmlabError
+from lmlab.evaluation.harness import HarnessConfig
+from lmlab.evaluation.loading import load_for_eval
+from lmlab.evaluation.runner import run_evaluation, write_results
+from lmlab.models.transformer import Transformer
+
+TINY = ["steps=4", "model.dim=32", "model.n_layers=1", "model.n_heads=2", "model.multiple_of=16",
+        "data.seq_len=32", "data.batch_size=2", "eval.validation.max_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("evalrun") / "run"
+    assert main(["train", str(CONFIGS / "quickstart.yaml"), f"dump_dir={run}", *TINY]) == 0
+    return run
+
+
+def test_run_dir_loads_final_checkpoint(run_dir):
+    loaded = load_for_eval(run_dir)
+    assert isinstance(loaded.model, Transformer) and not loaded.model.training
+    assert loaded.checkpoint_dir == run_dir / "checkpoints" / "final"
+    assert loaded.step == 4 and loaded.run_dir == run_dir
+    assert loaded.model.max_seq_len == 32 and loaded.tokenizer.vocab_size == 258
+    step_dir = run_dir / "checkpoints" / "0000000004"
+    same = load_for_eval(step_dir)
+    assert same.run_dir == run_dir and same.checkpoint_dir == step_dir
+    tokens = torch.tensor([[256, 72, 105]])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(tokens), same.model(tokens))
+
+
+def test_newest_step_checkpoint_without_final(run_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "checkpoints" / "final")
+    assert load_for_eval(copy).checkpoint_dir.name == "0000000004"
+
+
+def test_clear_errors_for_missing_pieces(run_dir, tmp_path):
+    with pytest.raises(LmlabError, match="does not exist"):
+        load_for_eval(tmp_path / "nope")
+    with pytest.raises(LmlabError, match="neither a run directory"):
+        load_for_eval(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(LmlabError, match="tokenizer.json is missing"):
+        load_for_eval(copy)
+    shutil.rmtree(copy / "checkpoints")
+    (copy / "checkpoints").mkdir()
+    with pytest.raises(LmlabError, match="no complete checkpoint"):
+        load_for_eval(copy)
+
+
+def test_validation_rows_and_written_results(run_dir):
+    loaded = load_for_eval(run_dir)
+    rows = run_evaluation(loaded, HarnessConfig(), validation=True, progress=False)
+    metrics = {r["metric"]: r for r in rows}
+    assert set(metrics) == {"loss", "ppl", "bpb", "acc"} and {r["task"] for r in rows} == {"validation"}
+    assert metrics["loss"]["value"] > 0 and metrics["loss"]["n"] == 2 * 32
+    saved_train = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["loss"]["value"] == pytest.approx(saved_train["val/loss"], rel=1e-5)
+    path = write_results(rows, loaded.checkpoint_dir, run_dir, loaded.step)
+    assert json.loads(path.read_text())["results"][0]["task"] == "validation"
+    write_results(rows[:1], loaded.checkpoint_dir, run_dir, loaded.step)  # replaces, never duplicates
+    assert len(json.loads(path.read_text())["results"]) == 4
+    lines = [json.loads(x) for x in (run_dir / "metrics.eval.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and lines[0]["step"] == 4
+    assert set(lines[0]) >= {"step", "task", "metric", "value", "stderr", "n", "seconds"}
