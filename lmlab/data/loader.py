@@ -47,15 +47,15 @@ class PackedStream:
         while True:
             if self.file_pos >= len(files):
                 self.epoch, self.file_pos, self.doc_pos = self.epoch + 1, 0, 0
-            doc_file = files[self._order((self.epoch,), len(files))[self.file_pos]]
+            file_index = int(self._order((self.epoch,), len(files))[self.file_pos])
+            doc_file = files[file_index]
             if self.doc_pos >= len(doc_file):
                 self.file_pos, self.doc_pos = self.file_pos + 1, 0
                 empty_files += 1
                 if empty_files > 2 * len(files):  # a full pass found no document at all
                     raise LmlabError(f"source {self.source.name!r} has no documents to train on.")
                 continue
-            key = (self.epoch, int(self._order((self.epoch,), len(files))[self.file_pos]))
-            doc = doc_file.text(int(self._order(key, len(doc_file))[self.doc_pos]))
+            doc = doc_file.text(int(self._order((self.epoch, file_index), len(doc_file))[self.doc_pos]))
             self.doc_pos += 1
             if doc is not None:
                 return doc

@@ -54,8 +54,15 @@ def test_seed_changes_order_and_windows_are_packed(jsonl_root):
 
 def test_source_weights_are_respected(jsonl_root):
     loader = PackedLoader(training_sources(jsonl_cfg(jsonl_root)), ByteTokenizer(), 200, 8, seed=0)
-    picks = loader.rng.choice(2, size=6000, p=loader.probs)
-    assert abs((picks == 1).mean() - 2 / 3) < 0.03
+    drawn = [0, 0]
+    for index, stream in enumerate(loader.streams):  # count the windows each source really serves
+        def counting(original=stream.next_window, index=index):
+            drawn[index] += 1
+            return original()
+        stream.next_window = counting
+    for _ in range(30):
+        loader.next_batch()
+    assert sum(drawn) == 6000 and abs(drawn[1] / 6000 - 2 / 3) < 0.03  # weights alpha 1, beta 2
 
 
 def test_validation_windows_are_deterministic_and_cover_all_sources(jsonl_root):
