@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from lmlab.errors import LmlabError
 
@@ -22,12 +23,80 @@ def cmd_check(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """Preflight first: a config that cannot run leaves no trace (not even a run directory). After
+    that every phase is recorded in ``<dump_dir>/events.jsonl``; a crash is reported in one line that
+    points at the traceback file, and ``lmlab report`` explains it."""
     from lmlab.preflight import load_and_check
+    from lmlab.reports.events import EventLog
     from lmlab.training.loop import train
 
+    started = time.perf_counter()
     cfg = load_and_check(args.config, args.overrides)
-    summary = train(cfg, sys.argv[1:])
-    return 0 if summary.get("status") in ("finished", "stopped", "stopped early", "preempted") else 1
+    events = EventLog(cfg.dump_dir)
+    command = " ".join(["lmlab", *sys.argv[1:]])
+    try:
+        with events.run(trap_signals=False, command=command):  # the loop handles SIGTERM itself
+            # preflight ran before the run directory may exist; recorded now that it does
+            events.emit("phase_start", phase="preflight")
+            events.emit("phase_end", phase="preflight", status="ok",
+                        seconds=time.perf_counter() - started)
+            summary = train(cfg, sys.argv[1:], events)
+            events.set_result(summary["status"], step=summary.get("step"),
+                              failed_evals=summary.get("failed_evals", []))
+    except LmlabError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- recorded above; say where to look instead of a bare crash
+        return _report_crash(err, events)
+    return 0
+
+
+def _report_crash(err: Exception, events) -> int:
+    from lmlab.reports.events import exception_location, redact_text
+
+    where, _ = exception_location(err)
+    summary, phase = events.record_exception(err, "run")  # already recorded: returns that record
+    traceback_file = summary.get("traceback_file")
+    print(f"lmlab train: failed in phase {phase}: {type(err).__name__}: {redact_text(str(err))} (at {where})\n"
+          f"  traceback: {events.run_dir / traceback_file if traceback_file else 'not written'}\n"
+          f"  explanation and fix: lmlab report {events.run_dir}", file=sys.stderr)
+    return 1
+
+
+def cmd_eval(args) -> int:
+    from lmlab.evaluation.runner import evaluate_run, format_rows
+
+    rows, target = evaluate_run(args.run, args.overrides, progress=not args.quiet)
+    print(format_rows(rows))
+    print(f"results: {target} (also appended to {target.parents[2] / 'metrics.eval.jsonl'})")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from lmlab.evaluation.generation import generate
+    from lmlab.evaluation.loading import load_for_eval
+
+    _check_generation_args(args)
+    loaded = load_for_eval(args.run, device=args.device)
+    print(args.prompt, end="", flush=True)
+    generate(loaded.model, loaded.tokenizer, [args.prompt], args.max_tokens, args.temperature,
+             args.top_p, args.stop, args.seed, stream=lambda _, piece: print(piece, end="", flush=True))
+    print()
+    return 0
+
+
+def _check_generation_args(args) -> None:
+    from lmlab.errors import ConfigError, Problem
+
+    problems = []
+    if args.max_tokens < 1:
+        problems.append(Problem("--max-tokens", f"must be >= 1, got {args.max_tokens}.", "--max-tokens 64"))
+    if args.temperature < 0:
+        problems.append(Problem("--temperature", f"must be >= 0, got {args.temperature}.",
+                                "--temperature 0 (greedy) or e.g. 0.8"))
+    if not 0 < args.top_p <= 1:
+        problems.append(Problem("--top-p", f"must be in (0, 1], got {args.top_p}.", "--top-p 0.9"))
+    if problems:
+        raise ConfigError(problems, source="lmlab generate")
 
 
 def cmd_info(args) -> int:
@@ -67,6 +136,8 @@ COMMANDS = {
     "train": (cmd_train, "train a model (resumes if dump_dir holds checkpoints)"),
     "check": (cmd_check, "validate a config and its data files without training"),
     "info": (cmd_info, "model size, FLOPs per token and tokens per step for a config"),
+    "eval": (cmd_eval, "evaluate a run or checkpoint: validation + lm-eval tasks (eval.* overrides)"),
+    "generate": (cmd_generate, "stream a continuation of --prompt from a run or checkpoint"),
     "report": (cmd_report, "write report.md + plots for a run, or compare several runs (--out)"),
     "runs": (cmd_runs, "list the run directories under ROOT with status and best validation loss"),
 }
@@ -83,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
         commands[name].add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                                     help="overrides such as optim.lr=1e-3 or data.sources=[a,b]")
     commands["info"].add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate = commands["eval"]
+    evaluate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                          help="e.g. eval.tasks=[piqa,hellaswag] eval.data_dir=../shared/data eval.limit=100")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    gen = commands["generate"]
+    gen.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     report = commands["report"]
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--lang", choices=["en", "ja"], default="en")

@@ -22,21 +22,12 @@ import yaml
 
 from lmlab.data.sources import DataConfig
 from lmlab.errors import ConfigError, Problem, did_you_mean
-from lmlab.evaluation.validation import ValidationConfig
+from lmlab.evaluation.config import EvalConfig
 from lmlab.models.registry import DEFAULT_MODEL, MODELS, model_config_class
 from lmlab.training.checkpoint import CheckpointConfig
 from lmlab.training.loop import TrainingConfig
 from lmlab.training.metrics import LoggingConfig
 from lmlab.training.optim import OptimConfig
-
-
-@dataclass
-class EvalConfig:
-    """Evaluation run during and after training."""
-
-    validation: ValidationConfig = field(
-        default_factory=ValidationConfig, metadata={"help": "Validation loss/ppl/bpb/accuracy."}
-    )
 
 
 def _model_field_class(raw: Any) -> type | None:

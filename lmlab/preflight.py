@@ -16,7 +16,7 @@ from lmlab import config as config_mod
 from lmlab.config import RunConfig
 from lmlab.data import sources, tokenizers
 from lmlab.errors import ConfigError, Problem
-from lmlab.evaluation import validation
+from lmlab.evaluation import config as eval_config
 from lmlab.models import registry
 from lmlab.training import checkpoint, distributed, loop, metrics, optim
 
@@ -42,7 +42,7 @@ def preflight_problems(cfg: RunConfig) -> list[Problem]:
     problems += optim.check(cfg.optim, data.batch_size)
     problems += checkpoint.check(cfg.checkpoint)
     problems += metrics.check(cfg.logging)
-    problems += validation.check(cfg.eval.validation)
+    problems += eval_config.check(cfg.eval)
     problems += loop.check(cfg.training)
     return problems
 
@@ -68,7 +68,7 @@ def _run_problems(cfg: RunConfig) -> list[Problem]:
         problems.append(Problem("data.batch_size", f"{cfg.data.batch_size} is not divisible by "
                                 f"training.grad_accum={accum}.", "make data.batch_size a multiple of "
                                 "training.grad_accum"))
-    problems += _device_problems(cfg)
+    problems += device_problems(cfg)
     problem = _dump_dir_problem(Path(cfg.dump_dir))
     if problem:
         problems.append(problem)
@@ -78,7 +78,7 @@ def _run_problems(cfg: RunConfig) -> list[Problem]:
     return problems
 
 
-def _device_problems(cfg: RunConfig) -> list[Problem]:
+def device_problems(cfg: RunConfig) -> list[Problem]:
     problems = []
     has_cuda = torch.cuda.is_available()
     if cfg.device == "cuda" and not has_cuda:

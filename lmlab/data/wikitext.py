@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmlab.data.hub import unavailable_reason
 from lmlab.data.tokenizers import Tokenizer
 from lmlab.errors import LmlabError, Problem
 
@@ -128,32 +129,10 @@ def check(cfg, validation_enabled: bool) -> list[Problem]:
     if cfg.path:
         return [Problem("data.path", _missing_message(cfg.path, s), "add the file or change the split")
                 for s in splits if local_split_file(cfg.path, s) is None]
-    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-    why = ("HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set" if offline else
-           "`datasets` is not installed" if not _datasets_installed() else
-           "the Hugging Face hub is unreachable and nothing is cached" if not _hub_usable() else "")
+    why = unavailable_reason(["wikitext*"])
     if why:
         return [Problem("data.path", f"not set and WikiText-2 cannot be downloaded ({why}).",
                         "put wiki.{train,valid,test}.raw or {train,valid,test}.txt in a directory "
                         "and set data.path=DIR (or pip install datasets and go online)")]
     return []
 
-
-def _hub_usable() -> bool:
-    """A warm HF datasets cache, or the hub answering a TCP connect within 3 s."""
-    import socket
-
-    cache = Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets"))
-    if any(cache.glob("wikitext*")):
-        return True
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
-def _datasets_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("datasets") is not None

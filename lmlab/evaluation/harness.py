@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,61 +29,10 @@ import torch.nn.functional as F
 from lm_eval.api.model import LM
 from tqdm import tqdm
 
-from lmlab.errors import Problem, did_you_mean
+from lmlab.evaluation.config import EvalConfig
 from lmlab.evaluation.generation import eval_mode, generate, model_device
-from lmlab.evaluation.tasks import KNOWN_TASKS, missing_files
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class HarnessConfig:
-    """lm-eval harness tasks run on a checkpoint."""
-
-    tasks: list[str] = field(default_factory=list, metadata={
-        "help": f"lm-eval tasks to run, any of {list(KNOWN_TASKS)} (empty: none)."})
-    num_fewshot: int | None = field(default=None, metadata={
-        "help": "Few-shot examples per item (null: each task's default, 0 for these tasks)."})
-    limit: int | None = field(default=None, metadata={
-        "help": "Evaluate at most this many items per task (null: all of them)."})
-    data_dir: str = field(default="", metadata={
-        "help": "Folder holding the upstream task files (piqa/, hellaswag/, nq_open/) for offline runs; "
-                "empty: the standard lm-eval tasks, downloaded from the Hugging Face hub."})
-    batch_size: int = field(default=32, metadata={
-        "help": "Requests scored (or prompts decoded) per model call."})
-    max_gen_toks: int = field(default=64, metadata={
-        "help": "Most tokens generated per answer when a task does not set max_gen_toks."})
-
-
-def check(cfg: HarnessConfig, prefix: str = "eval.harness") -> list[Problem]:
-    """Every problem with ``cfg`` that would stop a harness run: names, sizes, missing task files."""
-    problems = []
-    for name in cfg.tasks:
-        if name not in KNOWN_TASKS:
-            problems.append(Problem(f"{prefix}.tasks", f"unknown task {name!r}.{did_you_mean(name, KNOWN_TASKS)}",
-                                    f"use any of {list(KNOWN_TASKS)}"))
-    for key, value, low in (("num_fewshot", cfg.num_fewshot, 0), ("limit", cfg.limit, 1),
-                            ("batch_size", cfg.batch_size, 1), ("max_gen_toks", cfg.max_gen_toks, 1)):
-        if value is not None and value < low:
-            problems.append(Problem(f"{prefix}.{key}", f"must be >= {low}, got {value}.",
-                                    f"set {prefix}.{key} to an integer >= {low}"))
-    if cfg.data_dir:
-        problems += _check_data_dir(cfg, prefix)
-    return problems
-
-
-def _check_data_dir(cfg: HarnessConfig, prefix: str) -> list[Problem]:
-    root = Path(cfg.data_dir)
-    if not root.is_dir():
-        return [Problem(f"{prefix}.data_dir", f"{root} is not a directory.",
-                        "point it at the folder holding piqa/, hellaswag/ and nq_open/ "
-                        "(e.g. ../shared/data), or leave it empty to use the hub")]
-    problems = []
-    for name in (t for t in cfg.tasks if t in KNOWN_TASKS):
-        for path in missing_files(name, root):
-            problems.append(Problem(f"{prefix}.data_dir", f"task {name} needs {path}, which is missing.",
-                                    f"put the upstream file at {path}, or remove {name} from {prefix}.tasks"))
-    return problems
 
 
 # --------------------------------------------------------------------------- scoring windows
@@ -242,7 +189,7 @@ class LmlabLM(LM):
 # --------------------------------------------------------------------------- tasks
 
 
-def task_specs(cfg: HarnessConfig, names: list[str]) -> tuple[list, Any, str]:
+def task_specs(cfg: EvalConfig, names: list[str]) -> tuple[list, Any, str]:
     """(tasks for ``lm_eval.simple_evaluate``, the TaskManager to pass with them, few-shot source).
 
     With ``data_dir`` the offline definitions in ``lmlab.evaluation.tasks`` are built as Task objects

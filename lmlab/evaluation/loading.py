@@ -65,14 +65,16 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
                      "or one of its checkpoints/<step> directories.")
 
 
-def load_for_eval(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Model (eval mode, on ``device``), tokenizer and config of the run or checkpoint at ``path``."""
+def load_for_eval(path: str | Path, device: str | torch.device = "cpu",
+                  overrides: list[str] = ()) -> LoadedRun:
+    """Model (eval mode, on ``device``), tokenizer and config of the run or checkpoint at ``path``;
+    ``overrides`` (``eval.limit=10`` ...) apply to the run's saved config."""
     ckpt, run_dir = resolve_checkpoint(path)
     config_file = run_dir / CONFIG_FILE
     if not config_file.is_file():
         raise LmlabError(f"{config_file} is missing, so the checkpoint {ckpt} cannot be interpreted. "
                          "Fix: keep checkpoints inside their run directory (<run>/checkpoints/<step>).")
-    cfg = load_config(config_file)
+    cfg = load_config(config_file, overrides)
     tok_file = run_dir / TOKENIZER_FILE
     if not tok_file.is_file():
         raise LmlabError(f"{tok_file} is missing: the model's vocabulary is unknown. Fix: copy the "

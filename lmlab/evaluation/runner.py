@@ -11,6 +11,7 @@ sampling use their own seeded generators.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,7 +21,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lmlab.errors import ConfigError
-from lmlab.evaluation.harness import HarnessConfig, LmlabLM, check, task_specs
+from lmlab.evaluation.config import EvalConfig, check
+from lmlab.evaluation.harness import LmlabLM, task_specs
 from lmlab.evaluation.loading import LoadedRun
 from lmlab.evaluation.validation import evaluate
 from lmlab.training.checkpoint import rng_state, set_rng_state
@@ -30,17 +32,17 @@ FEWSHOT_SEED = 1234  # lm-eval's default few-shot seed: the same examples as a s
 _FLAT_KEYS = ("task", "metric", "value", "stderr", "n", "seconds", "num_fewshot")
 
 
-def run_evaluation(loaded: LoadedRun, harness_cfg: HarnessConfig, validation: bool = True,
+def run_evaluation(loaded: LoadedRun, eval_cfg: EvalConfig, validation: bool = True,
                    progress: bool = True) -> list[dict]:
-    """Validation metrics (when ``validation``) then every task of ``harness_cfg``, as rows."""
-    problems = check(harness_cfg)
+    """Validation metrics (when ``validation``) then every task of ``eval_cfg``, as rows."""
+    problems = check(eval_cfg)
     if problems:
         raise ConfigError(problems, source="harness settings")
     saved = rng_state()
     try:
         rows = validation_rows(loaded, progress) if validation else []
-        for name in harness_cfg.tasks:
-            rows += task_rows(loaded, harness_cfg, name, progress)
+        for name in eval_cfg.tasks:
+            rows += task_rows(loaded, eval_cfg, name, progress)
     finally:
         set_rng_state(saved)
     return rows
@@ -60,21 +62,42 @@ def validation_rows(loaded: LoadedRun, progress: bool = True) -> list[dict]:
              "n": n, "seconds": seconds} for key, value in metrics.items()]
 
 
-def task_rows(loaded: LoadedRun, cfg: HarnessConfig, name: str, progress: bool = True) -> list[dict]:
+def task_rows(loaded: LoadedRun, cfg: EvalConfig, name: str, progress: bool = True) -> list[dict]:
     """One lm-eval task through ``lm_eval.simple_evaluate``: a row per metric it reports."""
     import lm_eval
 
     lm = LmlabLM(loaded.model, loaded.tokenizer, cfg.batch_size, cfg.max_gen_toks, progress)
     tasks, manager, fewshot_source = task_specs(cfg, [name])
     start = time.perf_counter()
-    out = lm_eval.simple_evaluate(
-        model=lm, tasks=tasks, num_fewshot=cfg.num_fewshot, limit=cfg.limit, task_manager=manager,
-        batch_size=cfg.batch_size, log_samples=False, bootstrap_iters=1000,
-        # None: leave the global RNGs alone (see the module docstring)
-        random_seed=None, numpy_random_seed=None, torch_random_seed=None,
-        fewshot_random_seed=FEWSHOT_SEED)
+    with _without_environment_dump():
+        out = lm_eval.simple_evaluate(
+            model=lm, tasks=tasks, num_fewshot=cfg.num_fewshot, limit=cfg.limit, task_manager=manager,
+            batch_size=cfg.batch_size, log_samples=False, bootstrap_iters=1000,
+            # None: leave the global RNGs alone (see the module docstring)
+            random_seed=None, numpy_random_seed=None, torch_random_seed=None,
+            fewshot_random_seed=FEWSHOT_SEED)
     seconds = time.perf_counter() - start
     return _rows_from_results(out, name, seconds, fewshot_source)
+
+
+@contextlib.contextmanager
+def _without_environment_dump():
+    """lm-eval ends every ``simple_evaluate`` by collecting the machine's environment (torch's
+    collect_env: pip, nvidia-smi, ...; seconds per task, and counted in our items/s) and calling
+    ``git describe`` in the working directory (which prints "fatal: not a git repository" outside
+    one). lmlab writes its own provenance, so both are skipped while our tasks run."""
+    import lm_eval.evaluator as evaluator
+
+    saved = {name: getattr(evaluator, name) for name in ("add_env_info", "get_git_commit_hash")
+             if hasattr(evaluator, name)}
+    replacements = {"add_env_info": lambda storage: None, "get_git_commit_hash": lambda: None}
+    for name in saved:
+        setattr(evaluator, name, replacements[name])
+    try:
+        yield
+    finally:
+        for name, original in saved.items():
+            setattr(evaluator, name, original)
 
 
 def _rows_from_results(out: dict, name: str, seconds: float, fewshot_source: str) -> list[dict]:
@@ -139,3 +162,56 @@ def _read_results(path: Path) -> list[dict]:
         return list(json.loads(path.read_text(encoding="utf-8")).get("results", []))
     except (OSError, ValueError, AttributeError):
         return []  # none yet, or unreadable: it is rewritten whole below
+
+
+def evaluate_run(path: str | Path, overrides: list[str] = (), progress: bool = True) -> tuple[list[dict], Path]:
+    """``lmlab eval``: validation + ``eval.tasks`` on a run's (or one checkpoint's) model, with the
+    run's config plus ``overrides``; results are written beside the checkpoint and appended to the
+    run's ``metrics.eval.jsonl``, and the phase is recorded in its ``events.jsonl``.
+    Returns (rows, results file)."""
+    from lmlab.evaluation.loading import load_for_eval, resolve_checkpoint
+    from lmlab.reports.events import EventLog
+
+    checkpoint_dir, run_dir = resolve_checkpoint(path)
+    cfg = _checked_eval_config(run_dir, overrides)
+    loaded = load_for_eval(checkpoint_dir, device=cfg.device, overrides=overrides)
+    events = EventLog(run_dir)
+    with events.phase("eval", step=loaded.step, tasks=list(cfg.eval.tasks), command="lmlab eval"):
+        rows = run_evaluation(loaded, cfg.eval, validation=cfg.eval.validation.enabled, progress=progress)
+        target = write_results(rows, checkpoint_dir, run_dir, loaded.step)
+    return rows, target
+
+
+def _checked_eval_config(run_dir: Path, overrides: list[str]):
+    """The run's saved config with ``overrides``, preflighted for what evaluation needs."""
+    from lmlab.config import load_config_collecting
+    from lmlab.data import sources
+    from lmlab.preflight import device_problems
+
+    cfg, problems = load_config_collecting(run_dir / "config.yaml", overrides)
+    problems += check(cfg.eval) + device_problems(cfg)
+    if cfg.eval.validation.enabled:
+        problems += sources.check(cfg.data, True)
+    if not cfg.eval.tasks and not cfg.eval.validation.enabled:
+        from lmlab.errors import Problem
+
+        problems.append(Problem("eval.tasks", "nothing to evaluate: no tasks and validation is off.",
+                                "set eval.tasks=[piqa,hellaswag,nq_open] eval.data_dir=../shared/data"))
+    if problems:
+        raise ConfigError(problems, source=f"{run_dir / 'config.yaml'} + overrides")
+    return cfg
+
+
+def format_rows(rows: list[dict]) -> str:
+    """Result rows as an aligned text table (task, metric, value ± stderr, items, seconds, items/s)."""
+    lines = [f"{'task':<12} {'metric':<14} {'value':>10} {'stderr':>8} {'n':>7} {'seconds':>8} {'items/s':>8}"]
+    for row in rows:
+        stderr = f"{row['stderr']:.4f}" if row.get("stderr") is not None else "-"
+        rate = f"{row['items_per_s']:.1f}" if row.get("items_per_s") else "-"
+        n = f"{row['n']}" if row.get("n") is not None else "-"
+        lines.append(f"{row['task']:<12} {row['metric']:<14} {row['value']:>10.4f} {stderr:>8} {n:>7} "
+                     f"{row['seconds']:>8.1f} {rate:>8}")
+    sources = {(r["task"], r["num_fewshot"], r["fewshot_source"]) for r in rows if r.get("fewshot_source")}
+    for task, shots, source in sorted(sources):
+        lines.append(f"note: {task} {shots}-shot examples come from the {source} split")
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ the weights) of an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -117,17 +118,18 @@ class LogWindow:
 
 # Loop bookkeeping saved in train_state.json and restored on resume (besides loader, RNG, scaler).
 TRAIN_STATE_KEYS = ("step", "tokens", "epoch_loss_sum", "epoch_steps", "best_val_loss", "bad_epochs",
-                    "skipped_steps")
+                    "skipped_steps", "last_eval_step", "failed_evals")
 
 
 class TrainingSession:
     """One invocation of ``lmlab train``: sets up the run directory, model and data, then trains."""
 
-    def __init__(self, cfg, argv: list[str]):
+    def __init__(self, cfg, argv: list[str], events=None):
         from lmlab.training.runtime import resolve_runtime
 
         self.cfg = finalize_config(cfg)
         self.argv = list(argv)
+        self.events = events  # a reports.events.EventLog, or None: phases are then not recorded
         self.run_dir = Path(cfg.dump_dir)
         self.runtime = resolve_runtime(cfg.device, cfg.precision)
         self.console = Console(cfg.logging.progress_bar)
@@ -143,7 +145,8 @@ class TrainingSession:
             self.console.line(f"removed incomplete checkpoint {path.name} (a save was interrupted)")
         latest = ckpt.latest_checkpoint(self.run_dir)
         resume_state = ckpt.read_train_state(latest) if latest else None
-        self.data = build_data(self.cfg, self.run_dir)
+        with self._phase("data"):
+            self.data = build_data(self.cfg, self.run_dir)
         total = self.data.total_steps
         if resume_state and (resume_state.get("finished") or resume_state["step"] >= total):
             self.console.line(f"run {self.run_dir} already finished at step {resume_state['step']}/"
@@ -151,9 +154,14 @@ class TrainingSession:
                               "a new dump_dir to start over.")
             return {"status": "finished", "step": resume_state["step"], "resumed": True}
         self._write_run_files(resume_state)
-        self._build(resume_state, latest)
-        with PreemptionSignals() as self.preemption:
+        with self._phase("build"):
+            self._build(resume_state, latest)
+        with PreemptionSignals() as self.preemption, self._phase("train", step=self.state["step"]):
             return self._loop(total)
+
+    def _phase(self, name: str, **info):
+        """Record phase ``name`` in the run's event log (start, end, and the exception if it fails)."""
+        return self.events.phase(name, **info) if self.events else contextlib.nullcontext()
 
     def _write_run_files(self, resume_state: dict | None) -> None:
         from lmlab.config import dump_config
@@ -316,8 +324,9 @@ class TrainingSession:
         from lmlab.evaluation.validation import evaluate
         from lmlab.training.metrics import format_val_line
 
-        metrics = evaluate(self.model, self.data.val_batches(), self.data.byte_lengths,
-                           self.runtime.device, self.data.pad_id, autocast=self.runtime.autocast)
+        with self._phase("validate", step=step):
+            metrics = evaluate(self.model, self.data.val_batches(), self.data.byte_lengths,
+                               self.runtime.device, self.data.pad_id, autocast=self.runtime.autocast)
         if metrics:
             self.sink.log({"epoch": epoch, **metrics} if epoch else metrics, step)
             self.console.line(format_val_line(step, metrics, epoch))
@@ -332,10 +341,50 @@ class TrainingSession:
                                "warmup": self.cfg.optim.warmup, "total_steps": self.data.total_steps},
                  "scaler": self.scaler.state_dict() if self.scaler else None,
                  "model": dataclasses.asdict(self.model_cfg)}
-        path = ckpt.save_checkpoint(self.run_dir, ckpt.step_name(step), self.model, self.optimizer, state)
-        ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
+        with self._phase("checkpoint", step=step):
+            path = ckpt.save_checkpoint(self.run_dir, ckpt.step_name(step), self.model, self.optimizer,
+                                        state)
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
         self.console.line(f"saved checkpoint {path}")
+        if self._harness_due(step, finished):
+            self._evaluate_checkpoint(step, path)
         return path
+
+    def _harness_due(self, step: int, finished: bool) -> bool:
+        """eval.every: the first checkpoint at or after each multiple of it, and the last one."""
+        every, last = self.cfg.eval.every, self.state.get("last_eval_step", 0)
+        if not every or not self.cfg.eval.tasks or step == last:
+            return False
+        return finished or step // every > last // every
+
+    def _evaluate_checkpoint(self, step: int, path: Path) -> None:
+        """Harness tasks on the checkpoint just saved. A failure is recorded (events.jsonl, errors/)
+        and training goes on: an evaluation must never cost the run."""
+        from lmlab.evaluation.loading import LoadedRun
+        from lmlab.evaluation.runner import format_rows, run_evaluation, write_results
+
+        self.state["last_eval_step"] = step
+        loaded = LoadedRun(self.model, self.data.tokenizer, self.cfg, path, self.run_dir, step)
+        try:
+            with self._phase("eval", step=step, tasks=list(self.cfg.eval.tasks)):
+                # validation is logged by the loop itself; here only the harness tasks
+                rows = run_evaluation(loaded, self.cfg.eval, validation=False, progress=False)
+                write_results(rows, path, self.run_dir, step)
+        except Exception as err:  # noqa: BLE001 -- by design: any evaluation error is survivable
+            self._record_failed_eval(step, err)
+            return
+        self.console.line(f"evaluation at step {step}:\n{format_rows(rows)}")
+
+    def _record_failed_eval(self, step: int, err: Exception) -> None:
+        from lmlab.reports.events import exception_location, redact_text
+
+        where, _ = exception_location(err)
+        failure = {"step": step, "phase": "eval", "exception": type(err).__name__,
+                   "message": redact_text(str(err)), "where": where}
+        self.state["failed_evals"] = [*self.state.get("failed_evals", []), failure]
+        self.console.line(f"evaluation at step {step} failed ({failure['exception']}: "
+                          f"{failure['message']} at {where}); "
+                          f"training continues. Details: {self.run_dir / 'events.jsonl'}")
 
     def _preempt(self, step: int) -> dict:
         """Checkpoint at this step boundary (unless just saved) and exit cleanly for the scheduler."""
@@ -367,7 +416,11 @@ class TrainingSession:
         self.console.close()
         self.sink.close()
         self.console.line(f"{status} after {step} steps; run directory {self.run_dir}")
-        return {"status": status, "step": step, **self.last_val}
+        failed = self.state.get("failed_evals", [])
+        if failed:
+            self.console.line(f"{len(failed)} evaluation(s) failed, at step(s) "
+                              f"{', '.join(str(f['step']) for f in failed)}; see events.jsonl and errors/")
+        return {"status": status, "step": step, "failed_evals": failed, **self.last_val}
 
 
 def finalize_config(cfg):
@@ -440,6 +493,7 @@ class Console:
             self.bar = None
 
 
-def train(cfg, argv: list[str]) -> dict:
-    """Run (or resume) training for a preflighted ``RunConfig``; returns the final summary."""
-    return TrainingSession(cfg, argv).run()
+def train(cfg, argv: list[str], events=None) -> dict:
+    """Run (or resume) training for a preflighted ``RunConfig``; returns the final summary.
+    ``events`` (a ``reports.events.EventLog``) records each phase when given."""
+    return TrainingSession(cfg, argv, events).run()

@@ -11,7 +11,7 @@ import torch
 from helpers import CONFIGS
 from lmlab.cli import main
 from lmlab.errors import LmlabError
-from lmlab.evaluation.harness import HarnessConfig
+from lmlab.evaluation.config import EvalConfig
 from lmlab.evaluation.loading import load_for_eval
 from lmlab.evaluation.runner import run_evaluation, write_results
 from lmlab.models.transformer import Transformer
@@ -66,7 +66,7 @@ def test_clear_errors_for_missing_pieces(run_dir, tmp_path):
 
 def test_validation_rows_and_written_results(run_dir):
     loaded = load_for_eval(run_dir)
-    rows = run_evaluation(loaded, HarnessConfig(), validation=True, progress=False)
+    rows = run_evaluation(loaded, EvalConfig(), validation=True, progress=False)
     metrics = {r["metric"]: r for r in rows}
     assert set(metrics) == {"loss", "ppl", "bpb", "acc"} and {r["task"] for r in rows} == {"validation"}
     assert metrics["loss"]["value"] > 0 and metrics["loss"]["n"] == 2 * 32

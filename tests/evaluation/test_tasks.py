@@ -12,7 +12,7 @@ from helpers import SHARED_DATA
 from lmlab.config import RunConfig
 from lmlab.errors import ConfigError
 from lmlab.evaluation import tasks as offline
-from lmlab.evaluation.harness import HarnessConfig, check
+from lmlab.evaluation.config import EvalConfig, check
 from lmlab.evaluation.loading import LoadedRun
 from lmlab.evaluation.runner import run_evaluation
 from lmlab.evaluation.tasks import hellaswag
@@ -48,30 +48,33 @@ def test_hellaswag_preprocessing_matches_upstream():
     assert mine["choices"] == [upstream.preprocess(e) for e in doc["endings"]] and mine["gold"] == 1
 
 
-def test_check_names_unknown_tasks_and_missing_files(tmp_path):
-    problems = check(HarnessConfig(tasks=["hellaswg", "piqa"], data_dir=str(tmp_path / "nowhere")))
+def test_check_names_unknown_tasks_and_missing_files(tmp_path, monkeypatch):
+    problems = check(EvalConfig(tasks=["hellaswg", "piqa"], data_dir=str(tmp_path / "nowhere")))
     assert any("'hellaswg'" in p.message and "Did you mean 'hellaswag'" in p.message for p in problems)
-    assert any(p.key == "eval.harness.data_dir" and "not a directory" in p.message for p in problems)
+    assert any(p.key == "eval.data_dir" and "not a directory" in p.message for p in problems)
     (tmp_path / "piqa").mkdir()
     (tmp_path / "piqa" / "valid.jsonl").write_text("{}\n")
-    problems = check(HarnessConfig(tasks=["piqa", "nq_open"], data_dir=str(tmp_path)))
+    problems = check(EvalConfig(tasks=["piqa", "nq_open"], data_dir=str(tmp_path)))
     messages = " ".join(p.message for p in problems)
     assert "valid-labels.lst" in messages and "NQ-open.dev.jsonl" in messages
     assert "valid.jsonl," not in messages  # the file that is there is not reported
-    assert check(HarnessConfig(limit=0, batch_size=0))[0].key == "eval.harness.limit"
-    assert check(HarnessConfig(tasks=list(offline.KNOWN_TASKS))) == []  # hub branch: nothing to check
+    assert check(EvalConfig(limit=0, batch_size=0))[0].key == "eval.limit"
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # no data_dir: the hub must be usable
+    hub = check(EvalConfig(tasks=list(offline.KNOWN_TASKS)))
+    assert [p.key for p in hub] == ["eval.data_dir"] and "HF_DATASETS_OFFLINE" in hub[0].message
+    assert "../shared/data" in hub[0].fix
 
 
 def test_run_evaluation_refuses_bad_settings(transformer, byte_tok):
     loaded = LoadedRun(transformer, byte_tok, RunConfig(), Path("."), Path("."))
     with pytest.raises(ConfigError, match="unknown task 'pica'"):
-        run_evaluation(loaded, HarnessConfig(tasks=["pica"]), validation=False)
+        run_evaluation(loaded, EvalConfig(tasks=["pica"]), validation=False)
 
 
 @needs_data
 def test_offline_tasks_through_simple_evaluate(transformer, byte_tok):
     loaded = LoadedRun(transformer, byte_tok, RunConfig(), Path("."), Path("."))
-    cfg = HarnessConfig(tasks=list(offline.KNOWN_TASKS), limit=8, data_dir=str(SHARED_DATA),
+    cfg = EvalConfig(tasks=list(offline.KNOWN_TASKS), limit=8, data_dir=str(SHARED_DATA),
                         batch_size=16, max_gen_toks=8)
     rows = run_evaluation(loaded, cfg, validation=False, progress=False)
     got = {(r["task"], r["metric"]): r for r in rows}
@@ -86,7 +89,7 @@ def test_offline_tasks_through_simple_evaluate(transformer, byte_tok):
 @needs_data
 def test_nq_open_few_shot_from_dev_excluding_the_item(byte_context_vector, byte_tok):
     loaded = LoadedRun(byte_context_vector, byte_tok, RunConfig(), Path("."), Path("."))
-    cfg = HarnessConfig(tasks=["nq_open"], num_fewshot=2, limit=3, data_dir=str(SHARED_DATA),
+    cfg = EvalConfig(tasks=["nq_open"], num_fewshot=2, limit=3, data_dir=str(SHARED_DATA),
                         max_gen_toks=4)
     row, = run_evaluation(loaded, cfg, validation=False, progress=False)
     assert row["num_fewshot"] == 2 and row["fewshot_source"] == "dev (excluding the item)"
