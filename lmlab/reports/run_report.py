@@ -115,7 +115,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "cause.eval": "The evaluation failed; the trained weights in `checkpoints/` are not "
                       "affected.",
         "fix.eval": "Fix the error above (task name, evaluation data, an offline download), then "
-                    "re-run only the evaluation on `checkpoints/final`.",
+                    "re-run only the evaluation: `lmlab eval {run}` (it uses `checkpoints/final`).",
         "k_params": "parameters", "k_flops_token": "training FLOPs per token",
         "k_formula": "FLOPs formula", "k_vocab": "vocabulary size", "k_seq": "sequence length",
         "k_tokens_step": "tokens per optimizer step", "k_model": "model family",
@@ -150,6 +150,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "c_ckpt": "checkpoint", "c_finished": "finished", "c_size": "size (MiB)", "c_note": "note",
         "same_files": "same files as `{other}` (hard links)",
         "eval_none": "No downstream evaluation results (`metrics.eval.jsonl` is absent).",
+        "eval_failed": "{n} evaluation(s) failed; training went on and the checkpoints are intact.",
         "c_task": "task", "c_metric": "metric", "c_value": "value", "c_stderr": "± stderr",
         "c_n": "n", "c_seconds": "seconds",
         "c_run": "run", "c_batch": "batch size", "c_lr_eff": "lr (effective)",
@@ -244,7 +245,7 @@ STRINGS: dict[str, dict[str, str]] = {
                             "置き場所を示します。",
         "cause.eval": "評価が失敗しました。`checkpoints/` の学習済みの重みには影響ありません。",
         "fix.eval": "上のエラー (タスク名、評価データ、オフラインでのダウンロード) を直してから、"
-                    "`checkpoints/final` に対して評価だけを再実行してください。",
+                    "評価だけを再実行してください: `lmlab eval {run}` (`checkpoints/final` を使います)。",
         "k_params": "パラメータ数", "k_flops_token": "1 トークンあたりの学習 FLOPs",
         "k_formula": "FLOPs の式", "k_vocab": "語彙サイズ", "k_seq": "系列長",
         "k_tokens_step": "1 最適化ステップあたりのトークン数", "k_model": "モデルの種類",
@@ -278,6 +279,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "c_ckpt": "チェックポイント", "c_finished": "完了", "c_size": "サイズ (MiB)", "c_note": "備考",
         "same_files": "`{other}` と同じファイル (ハードリンク)",
         "eval_none": "下流タスクの評価結果はありません (`metrics.eval.jsonl` がありません)。",
+        "eval_failed": "{n} 件の評価が失敗しました。学習は続行され、チェックポイントは無事です。",
         "c_task": "タスク", "c_metric": "指標", "c_value": "値", "c_stderr": "± 標準誤差",
         "c_n": "n", "c_seconds": "秒",
         "c_run": "実行", "c_batch": "バッチサイズ", "c_lr_eff": "lr (実効値)",
@@ -595,11 +597,11 @@ FAILURE_RULES: tuple[FailureRule, ...] = (
     FailureRule("nonfinite", r"non-finite|loss is nan|\bnan loss"),
     FailureRule("offline", r"cannot download|Offline\?|HF_(?:DATASETS|HUB)_OFFLINE|hub is unreachable|"
                            r"ConnectionError|Max retries exceeded|name resolution|LocalEntryNotFound"),
+    FailureRule("eval", "", r"^eval|evaluat|downstream"),  # before the data rules: a task file is not data.*
     FailureRule("missing_val", r"validation is enabled but|data\.val_path|\.val\.jsonl|"
                                r"split '{val_split}' not found"),
     FailureRule("missing_data", r"FileNotFoundError|No such file|does not exist|not found|"
                                 r"has no training files|has no documents|is not set"),
-    FailureRule("eval", "", r"^eval|evaluat|downstream"),
 )
 
 
@@ -632,6 +634,8 @@ def _fix_text(key: str, run: Run, t: Text, val_split: str) -> str:
         return t("fix.nonfinite", lr_half=f"optim.lr={lr / 2:g}" if _finite(lr) else "optim.lr/2")
     if key == "missing_val":
         return t("fix.missing_val", val_split=val_split)
+    if key == "eval":
+        return t("fix.eval", run=run.path)
     return t(f"fix.{key}")
 
 
@@ -921,7 +925,7 @@ def _checkpoints_section(run: Run, t: Text) -> list[Block]:
 
 
 def _eval_section(run: Run, t: Text) -> list[Block]:
-    blocks: list[Block] = [("h", 2, t("h_eval"))]
+    blocks: list[Block] = [("h", 2, t("h_eval"))] + _failed_evals(run, t)
     if not run.evals:
         return blocks + [("p", t("eval_none"))]
     rows = [(m.get("step", "-"), f"`{m.get('task', '-')}`", m.get("metric", "-"), fmt_num(m.get("value")),
@@ -929,6 +933,24 @@ def _eval_section(run: Run, t: Text) -> list[Block]:
             for m in run.evals]
     header = [t("c_step"), t("c_task"), t("c_metric"), t("c_value"), t("c_stderr"), t("c_n"), t("c_seconds")]
     return blocks + [("table", header, rows)]
+
+
+def _failed_evals(run: Run, t: Text) -> list[Block]:
+    """Evaluations that raised during training (the run itself went on): what, where, and the fix."""
+    failed = [e for e in run.events if e.get("event") == "phase_end" and e.get("phase") == "eval"
+              and e.get("status") == "failed"]
+    if not failed:
+        return []
+    rows = []
+    for e in failed:
+        exc = e.get("exception") or {}
+        cause, fix = diagnose(exc, "eval", run, t)
+        message = str(exc.get("message", "-")).splitlines()[0] if exc.get("message") else "-"
+        rows.append((e.get("step", "-"), f"`{exc.get('type', '-')}`", message, f"`{exc.get('where', '-')}`",
+                     f"`{exc['traceback_file']}`" if exc.get("traceback_file") else "-", cause, fix))
+    header = [t("c_step"), t("k_exception"), t("k_message"), t("k_where"), t("k_traceback"), t("k_cause"),
+              t("k_fix")]
+    return [("p", t("eval_failed", n=len(failed))), ("table", header, rows)]
 
 
 def report_path(run_dir: str | Path, lang: str = "en", fmt: str = "md") -> Path:

@@ -156,8 +156,11 @@ class TrainingSession:
         self._write_run_files(resume_state)
         with self._phase("build"):
             self._build(resume_state, latest)
-        with PreemptionSignals() as self.preemption, self._phase("train", step=self.state["step"]):
-            return self._loop(total)
+        try:
+            with PreemptionSignals() as self.preemption, self._phase("train", step=self.state["step"]):
+                return self._loop(total)
+        finally:
+            self.sink.close()  # also on a crash: TensorBoard buffers its last scalars
 
     def _phase(self, name: str, **info):
         """Record phase ``name`` in the run's event log (start, end, and the exception if it fails)."""
@@ -175,7 +178,9 @@ class TrainingSession:
     def _build(self, resume_state: dict | None, latest: Path | None) -> None:
         from lmlab.models.registry import build_model, resolve_model_config
         from lmlab.training import checkpoint as ckpt
-        from lmlab.training.metrics import JsonlSink, peak_flops, truncate_metrics
+        from lmlab.config import config_to_dict
+        from lmlab.training.metrics import peak_flops, truncate_metrics
+        from lmlab.training.sinks import build_sinks
         from lmlab.training.optim import build_optimizer
 
         seed_everything(self.cfg.seed)
@@ -198,7 +203,11 @@ class TrainingSession:
             self.state = {k: v for k, v in resume_state.items() if k in TRAIN_STATE_KEYS}
             truncate_metrics(self.run_dir / "metrics.jsonl", self.state["step"])
             self.console.line(f"resuming {self.run_dir} from checkpoint {latest.name}")
-        self.sink = JsonlSink(self.run_dir / "metrics.jsonl")
+        # metrics.jsonl always, plus W&B / TensorBoard when selected (logging.wandb, logging.tensorboard)
+        self.sink = build_sinks(self.cfg.logging, self.run_dir, self.cfg.name, config_to_dict(self.cfg),
+                                resume_step=self.state["step"] if resume_state else None)
+        for note in self.sink.notes:
+            self.console.line(note)
         n_params = self.model.num_params()
         self.console.line(f"model {model_cfg.name}: {n_params:,} parameters | {self.flops_per_token:,} "
                           f"FLOPs/token ({self.flops_formula}) | device {self.runtime.device} "
@@ -394,7 +403,6 @@ class TrainingSession:
         if latest is None or latest.name != step_name(step):
             self._save(step)
         self.console.close()
-        self.sink.close()
         command = " ".join(["lmlab"] + self.argv)
         self.console.line(f"received {self.preemption.received}: saved a checkpoint at step {step} in "
                           f"{self.run_dir}; resume with the same command: {command}")
@@ -402,7 +410,6 @@ class TrainingSession:
 
     def _stop_early(self, step: int, total: int) -> dict:
         self.console.close()
-        self.sink.close()
         self.console.line(f"stopped at step {step}/{total} (training.stop_at); run the same command "
                           "again to resume.")
         return {"status": "stopped", "step": step, **self.last_val}  # resumable
@@ -414,7 +421,6 @@ class TrainingSession:
         if latest is not None:
             ckpt.link_checkpoint(self.run_dir, latest, "final")
         self.console.close()
-        self.sink.close()
         self.console.line(f"{status} after {step} steps; run directory {self.run_dir}")
         failed = self.state.get("failed_evals", [])
         if failed:

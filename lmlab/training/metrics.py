@@ -1,7 +1,9 @@
-"""Where metrics go (JSON lines always; console; optional sinks later) and how throughput is measured.
+"""Where metrics go (JSON lines always; console; W&B / TensorBoard if selected); throughput.
 
 ``metrics.jsonl`` is the source of truth: one flat JSON object per line with ``step`` (and ``epoch``
 in epoch mode) and names such as ``loss``, ``grad_norm``, ``lr``, ``tokens_per_s``, ``val/loss``.
+The optional sinks (``logging.wandb``, ``logging.tensorboard``) live in ``training/sinks.py``; their
+packages are imported only when selected, and ``check`` reports a selected one that is missing.
 
 MFU = achieved FLOP/s / peak FLOP/s, where achieved FLOP/s uses the model's own
 ``flops_per_token`` formula (named in the run's ``info`` and report) and the peak is the GPU's
@@ -10,8 +12,10 @@ MFU is ``null`` there.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
 import resource
 import sys
 from dataclasses import dataclass, field
@@ -23,19 +27,96 @@ import torch
 from lmlab.errors import Problem
 
 
+WANDB_MODES = ["disabled", "offline", "online"]
+# Characters W&B refuses in a project name (it raises at wandb.init, i.e. after the data is built).
+_WANDB_PROJECT_BAD_CHARS = "/\\#?%:"
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases sink. The API key is never a config value: W&B reads WANDB_API_KEY."""
+
+    mode: str = field(default="disabled", metadata={
+        "help": "disabled (no W&B), offline (W&B files written locally, no network; upload "
+                "later with 'wandb sync') or online (needs WANDB_API_KEY in the environment).",
+        "choices": WANDB_MODES})
+    project: str = field(default="lmlab", metadata={"help": "W&B project name."})
+    entity: str = field(default="", metadata={
+        "help": "W&B entity (user or team); empty = the key's default entity."})
+    run_name: str = field(default="", metadata={"help": "W&B run name; empty = the run's 'name'."})
+    dir: str = field(default="", metadata={
+        "help": "Folder W&B writes its 'wandb/' folder into; empty = the run directory "
+                "(<dump_dir>/wandb)."})
+
+
+@dataclass
+class TensorBoardConfig:
+    """TensorBoard sink: scalar event files readable by ``tensorboard --logdir``."""
+
+    enabled: bool = field(default=False, metadata={"help": "Also write TensorBoard event files."})
+    log_dir: str = field(default="", metadata={
+        "help": "Folder for the event files; empty = <dump_dir>/tensorboard."})
+
+
 @dataclass
 class LoggingConfig:
-    """How often and where training metrics are reported."""
+    """How often and where training metrics are reported (metrics.jsonl always, more optionally)."""
 
     every: int = field(default=10, metadata={"help": "Log training metrics every this many steps."})
     progress_bar: bool = field(default=True, metadata={
         "help": "Show a progress bar with ETA on an interactive terminal."})
+    wandb: WandbConfig = field(default_factory=WandbConfig, metadata={
+        "help": "Weights & Biases sink (numeric metrics and the resolved config)."})
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig, metadata={
+        "help": "TensorBoard sink (numeric metrics as scalars)."})
 
 
 def check(cfg: LoggingConfig) -> list[Problem]:
+    problems = []
     if cfg.every <= 0:
-        return [Problem("logging.every", f"must be > 0, got {cfg.every}.", "set logging.every=10")]
+        problems.append(Problem("logging.every", f"must be > 0, got {cfg.every}.",
+                                "set logging.every=10"))
+    return problems + _wandb_problems(cfg.wandb) + _tensorboard_problems(cfg.tensorboard)
+
+
+def _wandb_problems(cfg: WandbConfig) -> list[Problem]:
+    """Caught before the run starts, so a typo or a missing package does not cost a data build."""
+    key = "logging.wandb.mode"
+    if cfg.mode not in WANDB_MODES:
+        return [Problem(key, f"{cfg.mode!r} is not one of {WANDB_MODES}.",
+                        f"set {key} to one of {WANDB_MODES}")]
+    if cfg.mode == "disabled":
+        return []
+    if not package_installed("wandb"):
+        return [Problem(key, f"W&B is selected ({cfg.mode}) but the wandb package is not "
+                        "installed.", "pip install wandb")]
+    problems = []
+    if cfg.mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        problems.append(Problem(key, "online mode needs WANDB_API_KEY in the environment (lmlab "
+                                "never takes the key from a config or the command line).",
+                                "export WANDB_API_KEY=<key from https://wandb.ai/authorize>, or "
+                                "set logging.wandb.mode=offline"))
+    bad = sorted(set(cfg.project) & set(_WANDB_PROJECT_BAD_CHARS))
+    if bad:
+        problems.append(Problem("logging.wandb.project", f"{cfg.project!r} contains "
+                                f"{''.join(bad)!r}, which W&B does not allow in a project name.",
+                                f"drop the characters {_WANDB_PROJECT_BAD_CHARS!r}"))
+    return problems
+
+
+def _tensorboard_problems(cfg: TensorBoardConfig) -> list[Problem]:
+    if cfg.enabled and not package_installed("tensorboard"):
+        return [Problem("logging.tensorboard.enabled", "TensorBoard is selected but the "
+                        "tensorboard package is not installed.", "pip install tensorboard")]
     return []
+
+
+def package_installed(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (wandb alone takes seconds)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken install, or a module without a spec
+        return False
 
 
 class MetricsSink(Protocol):
@@ -56,6 +137,7 @@ class JsonlSink:
         self._handle.flush()
 
     def close(self) -> None:
+        """Idempotent: the loop's exit paths may each close the sinks."""
         self._handle.close()
 
 

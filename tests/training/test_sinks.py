@@ -1,0 +1,276 @@
+"""Metric sinks: metrics.jsonl always, W&B / TensorBoard when selected, no secret in any."""
+from __future__ import annotations
+
+import importlib.util
+import secrets
+from pathlib import Path
+
+import pytest
+
+from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab
+from lmlab.config import describe_fields, load_config_collecting
+from lmlab.training import sinks as sinks_mod
+from lmlab.training.metrics import (LoggingConfig, TensorBoardConfig, WandbConfig, check,
+                                    read_metrics)
+from lmlab.training.sinks import WANDB_ID_FILE, build_sinks, numeric_only
+
+# A CPU-only run logs mfu as None and the loop logs epoch numbers too: both shapes appear here.
+METRICS = [{"loss": 2.5, "lr": 1e-3, "mfu": None}, {"loss": 2.0, "lr": 1e-3, "mfu": None},
+           {"val/loss": 2.1, "val/ppl": 8.2}]
+TENSORBOARD = LoggingConfig(tensorboard=TensorBoardConfig(enabled=True))
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """Planted fake credentials, and W&B's own folders inside tmp_path (nothing lands in $HOME)."""
+    planted = {"WANDB_API_KEY": secrets.token_hex(20), "HF_TOKEN": "hf_" + secrets.token_hex(17)}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb_home" / name.lower()))
+    for name in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID", "WANDB_RESUME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return planted
+
+
+def files_containing(root: Path, secret: str) -> list[Path]:
+    return [p for p in sorted(root.rglob("*")) if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def log_all(sinks, metrics=METRICS) -> None:
+    for step, m in enumerate(metrics, start=1):
+        sinks.log(m, step)
+
+
+def tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_planted_key_is_in_no_run_file_and_not_on_stdout(tmp_path, jsonl_root, wandb_env):
+    run = tmp_path / "run"
+    result = run_lmlab("train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER,
+                       *data_overrides(jsonl_root), "steps=4", "checkpoint.every=2",
+                       "eval.validation.every=2", f"dump_dir={run}", "logging.wandb.mode=offline",
+                       "logging.tensorboard.enabled=true", timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    wandb_files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(wandb_files) == 1, sorted(p.name for p in run.rglob("*"))
+    assert b"val/loss" in wandb_files[0].read_bytes()  # the metrics went to W&B
+    assert (run / WANDB_ID_FILE).read_text().strip() in wandb_files[0].name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert [m["step"] for m in read_metrics(run / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4]
+    for name, secret in wandb_env.items():
+        # tmp_path holds the run directory (with <run>/wandb) and W&B's cache/config/data folders.
+        assert files_containing(tmp_path, secret) == [], name
+        assert secret not in result.stdout + result.stderr, name
+
+
+def test_wandb_offline_in_process_gets_a_redacted_config_and_keeps_its_id(tmp_path, wandb_env):
+    run = tmp_path / "run"
+    run.mkdir()
+    key = wandb_env["WANDB_API_KEY"]
+    config = {"name": "t", "data": {"root_dir": f"/data/{key}"}, "hub_token": "hf_plain_in_config"}
+    cfg = LoggingConfig(wandb=WandbConfig(mode="offline"))
+    ids = []
+    for _ in range(2):  # the second invocation is a resume of the same run directory
+        sinks = build_sinks(cfg, run, "t", config)
+        assert list(sinks.optional) == ["W&B"] and sinks.notes[0].startswith("W&B offline run")
+        ids.append((run / WANDB_ID_FILE).read_text().strip())
+        assert f"run {ids[-1]}: upload with: wandb sync" in sinks.notes[0]
+        log_all(sinks)
+        sinks.close()
+    assert ids[0] == ids[1]
+    # offline-run-<second>-<id>: two folders unless both invocations started in the same second
+    assert {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")} == {ids[0]}
+    assert files_containing(tmp_path, key) == []
+    assert files_containing(tmp_path, "hf_plain_in_config") == []
+    assert len(read_metrics(run / "metrics.jsonl")) == 2 * len(METRICS)
+
+
+# --------------------------------------------------------------------------- build_sinks
+
+
+def test_jsonl_is_always_written_and_nothing_else_by_default(tmp_path):
+    sinks = build_sinks(LoggingConfig(), tmp_path, "t", {})
+    log_all(sinks)
+    sinks.close()
+    sinks.close()  # the loop's exit paths may close twice
+    assert sinks.optional == {} and sinks.notes == []
+    assert read_metrics(tmp_path / "metrics.jsonl") == [
+        {"step": i, **m} for i, m in enumerate(METRICS, start=1)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_tensorboard_sink_writes_numeric_scalars(tmp_path):
+    sinks = build_sinks(TENSORBOARD, tmp_path, "t", {})
+    log_all(sinks)
+    sinks.close()
+    scalars = tensorboard_scalars(tmp_path / "tensorboard")
+    assert set(scalars) == {"loss", "lr", "val/loss", "val/ppl"}  # mfu=None is not a number
+    assert scalars["loss"] == [(1, 2.5), (2, 2.0)]
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == len(METRICS)
+
+
+def test_tensorboard_resume_replaces_what_a_killed_attempt_logged_after_the_checkpoint(tmp_path):
+    first = build_sinks(TENSORBOARD, tmp_path, "t", {})
+    for step in (1, 2, 3):  # killed after step 3; its last checkpoint was at step 2
+        first.log({"loss": 10.0 + step}, step)
+    first.close()
+    resumed = build_sinks(TENSORBOARD, tmp_path, "t", {}, resume_step=2)
+    for step in (3, 4):
+        resumed.log({"loss": 20.0 + step}, step)
+    resumed.close()
+    assert tensorboard_scalars(tmp_path / "tensorboard")["loss"] == [
+        (1, 11.0), (2, 12.0), (3, 23.0), (4, 24.0)]
+
+
+def test_tensorboard_log_dir_is_configurable(tmp_path):
+    log_dir = tmp_path / "elsewhere"
+    cfg = LoggingConfig(tensorboard=TensorBoardConfig(enabled=True, log_dir=str(log_dir)))
+    (tmp_path / "run").mkdir()
+    sinks = build_sinks(cfg, tmp_path / "run", "t", {})
+    log_all(sinks)
+    sinks.close()
+    assert "loss" in tensorboard_scalars(log_dir)
+    assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_a_sink_failing_at_log_is_disabled_with_one_warning_and_jsonl_goes_on(tmp_path,
+                                                                              monkeypatch):
+    secret = "s3cr3t-" + secrets.token_hex(8)
+    monkeypatch.setenv("SOME_SERVICE_TOKEN", secret)
+
+    def broken_log(self, metrics, step):
+        raise OSError(f"disk full while writing {secret}")
+
+    monkeypatch.setattr(sinks_mod.TensorBoardSink, "log", broken_log)
+    sinks = build_sinks(TENSORBOARD, tmp_path, "t", {})
+    match = "TensorBoard sink disabled after an error at log"
+    with pytest.warns(RuntimeWarning, match=match) as caught:
+        log_all(sinks)
+    assert len(caught) == 1 and secret not in str(caught[0].message)
+    assert sinks.optional == {}
+    sinks.close()
+    assert [m["step"] for m in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_sink_failing_at_start_or_close_is_skipped_with_a_warning(tmp_path):
+    class CloseFails:
+        note = "closes badly"
+
+        def log(self, metrics, step):
+            self.last = (metrics, step)
+
+        def close(self):
+            raise ConnectionError("network is unreachable")
+
+    def cannot_start():
+        raise ConnectionError("no route to host")
+
+    sinks = build_sinks(LoggingConfig(), tmp_path, "t", {})
+    with pytest.warns(RuntimeWarning, match="Remote sink disabled after an error at start"):
+        sinks.start("Remote", cannot_start)
+    sinks.start("Flaky", CloseFails)
+    log_all(sinks)
+    assert sinks.optional["Flaky"].last == ({"val/loss": 2.1, "val/ppl": 8.2}, 3)
+    with pytest.warns(RuntimeWarning, match="Flaky sink disabled after an error at close"):
+        sinks.close()
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == len(METRICS)
+
+
+def test_numeric_only_drops_none_text_and_booleans():
+    assert numeric_only({"loss": 1, "mfu": None, "name": "x", "finished": True, "lr": 1e-3}) == {
+        "loss": 1.0, "lr": 1e-3}
+
+
+def test_optional_sinks_are_not_imported_unless_selected(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from lmlab.training.sinks import build_sinks; "
+            "from lmlab.training.metrics import LoggingConfig; "
+            f"s = build_sinks(LoggingConfig(), {str(tmp_path)!r}, 't', {{}}); s.close(); "
+            "print(sorted(m for m in ('wandb', 'tensorboard', 'torch.utils.tensorboard') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- config and check
+
+
+def without(*missing: str):
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return None if name in missing else real(name, *args, **kwargs)
+
+    return find_spec
+
+
+def test_defaults_have_no_problems_and_probe_no_package(monkeypatch):
+    def find_spec(name, *args, **kwargs):
+        raise AssertionError(f"probed {name} although no sink is selected")
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert check(LoggingConfig()) == []
+
+
+@pytest.mark.parametrize("cfg, key, package", [
+    (LoggingConfig(wandb=WandbConfig(mode="offline")), "logging.wandb.mode", "wandb"),
+    (LoggingConfig(tensorboard=TensorBoardConfig(enabled=True)), "logging.tensorboard.enabled",
+     "tensorboard"),
+])
+def test_selected_sink_with_missing_package_names_the_pip_install(monkeypatch, cfg, key, package):
+    monkeypatch.setattr(importlib.util, "find_spec", without("wandb", "tensorboard"))
+    problems = check(cfg)
+    assert [(p.key, p.fix) for p in problems] == [(key, f"pip install {package}")]
+    assert "not installed" in problems[0].message
+
+
+def test_installed_sinks_pass_the_check(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", secrets.token_hex(20))
+    assert check(LoggingConfig(wandb=WandbConfig(mode="online"),
+                               tensorboard=TensorBoardConfig(enabled=True))) == []
+
+
+def test_online_mode_needs_the_key_in_the_environment(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    problems = check(LoggingConfig(wandb=WandbConfig(mode="online")))
+    assert [p.key for p in problems] == ["logging.wandb.mode"]
+    assert "WANDB_API_KEY" in problems[0].message and "mode=offline" in problems[0].fix
+
+
+def test_bad_values_are_problems():
+    problems = check(LoggingConfig(every=0, wandb=WandbConfig(mode="onlin")))
+    assert [p.key for p in problems] == ["logging.every", "logging.wandb.mode"]
+    assert "'onlin' is not one of" in problems[1].message
+    bad_project = check(LoggingConfig(wandb=WandbConfig(mode="offline", project="team/proj")))
+    assert [p.key for p in bad_project] == ["logging.wandb.project"]
+
+
+def test_sink_config_loads_from_overrides_and_rejects_an_unknown_mode():
+    cfg, problems = load_config_collecting(None, [
+        "logging.wandb.mode=offline", "logging.wandb.project=lab", "logging.wandb.entity=me",
+        "logging.wandb.run_name=r1", "logging.tensorboard.enabled=true",
+        "logging.tensorboard.log_dir=tb"])
+    assert problems == []
+    assert cfg.logging.wandb == WandbConfig(mode="offline", project="lab", entity="me",
+                                            run_name="r1")
+    assert cfg.logging.tensorboard == TensorBoardConfig(enabled=True, log_dir="tb")
+    _, problems = load_config_collecting(None, ["logging.wandb.mode=ofline"])
+    assert [p.key for p in problems] == ["logging.wandb.mode"] and "offline" in problems[0].message
+
+
+def test_every_sink_field_is_documented():
+    rows = [row for row in describe_fields() if row[0].startswith(("logging.wandb.",
+                                                                    "logging.tensorboard."))]
+    assert len(rows) == 7 and all(help_text for _, _, help_text in rows)
