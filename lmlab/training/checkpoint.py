@@ -130,10 +130,25 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
     """Remove temporary directories left by a save that was killed; returns what was removed."""
     root = checkpoints_root(run_dir)
-    partial = sorted(root.glob(f"{_TMP_PREFIX}*")) if root.is_dir() else []
-    for path in partial:
-        shutil.rmtree(path, ignore_errors=True)
-    return partial
+    removed = []
+    for path in sorted(root.glob(f"{_TMP_PREFIX}*")) if root.is_dir() else []:
+        if not _restore_replaced(root, path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _restore_replaced(root: Path, path: Path) -> bool:
+    """A kill between the two renames of ``_replace_dir`` leaves ``best``/``final`` only as its
+    ``old-`` copy: put it back rather than delete the only copy."""
+    prefix = f"{_TMP_PREFIX}old-"
+    if not path.name.startswith(prefix):
+        return False
+    name = path.name[len(prefix):].rsplit("-", 1)[0]
+    if (root / name).exists():
+        return False
+    os.replace(path, root / name)
+    return True
 
 
 # --------------------------------------------------------------------------- loading
