@@ -117,7 +117,17 @@ def cmd_report(args) -> int:
     from lmlab.reports.run_report import write_comparison, write_report
 
     if len(args.runs) == 1 and not args.out:
-        path = write_report(args.runs[0], lang=args.lang, fmt=args.format)
+        from pathlib import Path
+
+        from lmlab.reports.events import EventLog
+        from lmlab.reports.runs import is_run_dir
+
+        run = Path(args.runs[0])
+        if not is_run_dir(run):
+            raise LmlabError(f"{run} is not a run directory (no config.yaml, events.jsonl or metrics). "
+                             "Fix: pass the dump_dir of a training run; `lmlab runs ROOT` lists them.")
+        with EventLog(run).phase("report", lang=args.lang, format=args.format):
+            path = write_report(run, lang=args.lang, fmt=args.format)
     else:
         suffix = ".html" if args.format == "html" else ".md"
         path = write_comparison(args.runs, args.out or f"comparison{suffix}", lang=args.lang)

@@ -6,6 +6,8 @@ import os
 import shutil
 import socket
 
+from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, make_jsonl_root
+from lmlab.cli import main
 from lmlab.reports.runs import format_runs_table, list_runs
 
 
@@ -28,9 +30,14 @@ def test_list_runs_tells_finished_failed_and_running_apart(tmp_path, tiny_runs, 
     shutil.copytree(preflight_failure, root / "group" / "broken")
     make_running(root / "live", tiny_runs["base"])
     (root / "not_a_run").mkdir()
+    # a real run that fails mid-training: the loss diverges at step 2 (exit 2, events record it)
+    data = data_overrides(make_jsonl_root(tmp_path / "data"))
+    assert main(["train", str(CONFIGS / "debug.yaml"), f"dump_dir={root / 'diverged'}", *TINY_TRANSFORMER,
+                 *data, "steps=5", "optim.lr=1e30", "optim.warmup=0", "optim.clip=0"]) == 2
 
     rows = {r["name"]: r for r in list_runs(root)}
-    assert set(rows) == {"done", "group/broken", "live"}
+    assert set(rows) == {"done", "group/broken", "live", "diverged"}
+    assert (rows["diverged"]["status"], rows["diverged"]["phase"]) == ("failed", "train")
     done, broken, live = rows["done"], rows["group/broken"], rows["live"]
     assert (done["status"], done["model"], done["done"], done["planned"], done["unit"]) == \
         ("finished", "transformer", 12, 12, "steps")
@@ -40,7 +47,7 @@ def test_list_runs_tells_finished_failed_and_running_apart(tmp_path, tiny_runs, 
     assert (live["status"], live["done"], live["planned"]) == ("running", 4, 12)
 
     table = format_runs_table(list_runs(root))
-    assert "failed (preflight)" in table and "12/12 steps" in table and "4/12 steps" in table
+    assert "failed (preflight)" in table and "failed (train)" in table and "12/12 steps" in table and "4/12 steps" in table
     assert table.splitlines()[0].split()[:3] == ["run", "model", "status"]
 
 
