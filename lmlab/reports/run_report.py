@@ -77,7 +77,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "phase_failed_at": "Failed in phase `{phase}`.",
         "phase_current": "Current phase: `{phase}`.",
         "phase_ended_in": "Ended during phase `{phase}`.",
-        "k_phase": "phase", "k_attempt": "invocation", "k_seconds": "seconds",
+        "k_phase": "phase", "k_attempt": "invocation", "k_seconds": "seconds", "k_count": "times",
         "warnings_n": "{n} warnings recorded; the first distinct ones:",
         "k_exception": "exception", "k_message": "message", "k_where": "raised at (file:line)",
         "k_traceback": "traceback file", "k_cause": "likely cause", "k_fix": "fix",
@@ -208,7 +208,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "phase_failed_at": "フェーズ `{phase}` で失敗しました。",
         "phase_current": "現在のフェーズ: `{phase}`。",
         "phase_ended_in": "フェーズ `{phase}` の途中で終了しました。",
-        "k_phase": "フェーズ", "k_attempt": "起動", "k_seconds": "秒",
+        "k_phase": "フェーズ", "k_attempt": "起動", "k_seconds": "秒", "k_count": "回数",
         "warnings_n": "警告が {n} 件記録されています。最初の異なるもの:",
         "k_exception": "例外", "k_message": "メッセージ", "k_where": "発生箇所 (file:line)",
         "k_traceback": "トレースバックのファイル", "k_cause": "推定原因", "k_fix": "対処法",
@@ -716,16 +716,24 @@ def _status_section(run: Run, t: Text) -> list[Block]:
 
 
 def _phases_table(run: Run, t: Text) -> list[Block]:
-    rows, attempt = [], 0
+    """One row per (invocation, phase): how often it ran, how each ended, total seconds. A long
+    run validates and checkpoints hundreds of times; one row each would bury the table."""
+    groups: dict[tuple[int, str], dict] = {}
+    attempt = 0
     for e in run.events:
         if e.get("event") == "run_start":
             attempt += 1
         elif e.get("event") == "phase_end":
-            rows.append((attempt, f"`{e.get('phase')}`", e.get("status"), fmt_num(e.get("seconds"), 2)))
-    if not rows:
+            row = groups.setdefault((attempt, str(e.get("phase"))), {"n": 0, "statuses": {}, "seconds": 0.0})
+            row["n"] += 1
+            row["statuses"][e.get("status")] = row["statuses"].get(e.get("status"), 0) + 1
+            row["seconds"] += e.get("seconds") or 0.0
+    if not groups:
         return []
+    rows = [(n, f"`{phase}`", g["n"], ", ".join(f"{k} ×{v}" if v > 1 else str(k) for k, v in g["statuses"].items()),
+             fmt_num(g["seconds"], 2)) for (n, phase), g in groups.items()]
     return [("h", 3, t("h_phases")),
-            ("table", [t("k_attempt"), t("k_phase"), t("k_status"), t("k_seconds")], rows)]
+            ("table", [t("k_attempt"), t("k_phase"), t("k_count"), t("k_status"), t("k_seconds")], rows)]
 
 
 def _warnings_list(run: Run, t: Text) -> list[Block]:
