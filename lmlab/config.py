@@ -270,8 +270,9 @@ def config_to_dict(cfg: Any) -> dict:
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
     """Write the resolved config as YAML (readable, and loadable again by ``load_config``)."""
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
-    path.write_text(text, encoding="utf-8")
+    from lmlab.atomic import write_text
+
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
 
 
 def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -99,9 +99,17 @@ class PackedLoader:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "streams": [s.state_dict() for s in self.streams]}
+        return {"rng": self.rng.bit_generator.state, "streams": [s.state_dict() for s in self.streams],
+                "sources": [s.source.name for s in self.streams]}
 
     def load_state_dict(self, state: dict) -> None:
+        now, saved = [s.source.name for s in self.streams], state.get("sources")
+        if (saved is not None and saved != now) or len(state["streams"]) != len(self.streams):
+            was = saved if saved is not None else f"{len(state['streams'])} source(s)"
+            raise LmlabError(f"data.sources changed since the checkpoint: it was written reading {was}, "
+                             f"this config reads {now}, so the data position cannot carry over. Fix: "
+                             "resume with the data.sources the run was trained with (its config.yaml), "
+                             "or use a new dump_dir to train on the new mix.")
         self.rng.bit_generator.state = state["rng"]
         for stream, stream_state in zip(self.streams, state["streams"], strict=True):
             stream.load_state_dict(stream_state)

@@ -29,10 +29,32 @@ def prepare_tokenizer(cfg, run_dir: Path, texts: Callable[[], Iterable[str]]) ->
     """The run's tokenizer: reloaded from the run directory, loaded from a path, or trained and saved."""
     saved = Path(run_dir) / TOKENIZER_FILE
     if saved.is_file():
-        return load_tokenizer(saved)
+        tokenizer = load_tokenizer(saved)
+        _check_same_tokenizer(cfg, tokenizer, saved)
+        return tokenizer
     tokenizer = load_tokenizer(Path(cfg.path)) if cfg.path else train_tokenizer(cfg, texts())
     save_tokenizer(tokenizer, saved)
     return tokenizer
+
+
+def _check_same_tokenizer(cfg, tokenizer: Tokenizer, saved: Path) -> None:
+    """A run keeps the tokenizer it started with (its checkpoints' embeddings index that vocabulary):
+    a config asking for another one is refused rather than silently ignored."""
+    from lmlab.errors import LmlabError
+
+    new_run = "or use a new dump_dir to start a run with the other tokenizer"
+    if cfg.path:
+        wanted = load_tokenizer(Path(cfg.path))
+        if wanted.to_json() != tokenizer.to_json():
+            raise LmlabError(
+                f"data.tokenizer.path={cfg.path} is not the tokenizer this run was trained with "
+                f"({saved}, a {tokenizer.name} tokenizer with {tokenizer.vocab_size} ids). Fix: remove "
+                f"data.tokenizer.path to resume with the run's own tokenizer, {new_run}.")
+    elif cfg.name != tokenizer.name:
+        raise LmlabError(
+            f"data.tokenizer.name={cfg.name} does not match this run's tokenizer {saved} (a "
+            f"{tokenizer.name} tokenizer with {tokenizer.vocab_size} ids, which its checkpoints were "
+            f"trained with). Fix: set data.tokenizer.name={tokenizer.name} to resume, {new_run}.")
 
 
 def build_data(cfg, run_dir: Path) -> RunData:

@@ -13,6 +13,7 @@ import gzip
 import json
 import mmap
 import re
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -64,7 +65,8 @@ class DocumentFile:
 
     def __init__(self, name: str, data: bytes | mmap.mmap, kind: str, skip_bad_lines: bool = False):
         self.name, self.data, self.kind, self.skip_bad_lines = name, data, kind, skip_bad_lines
-        self.bad_lines = 0
+        self.bad_lines = 0  # distinct bad lines skipped so far (a line re-read each data epoch counts once)
+        self._bad_seen: set[int] = set()
 
     @classmethod
     def open(cls, path: Path, skip_bad_lines: bool = False) -> "DocumentFile":
@@ -89,12 +91,29 @@ class DocumentFile:
         raw = bytes(self.data[start:end])
         try:
             decoded = raw.decode("utf-8")
-            return json.loads(decoded)["text"] if self.kind == "jsonl" else decoded
+            if self.kind != "jsonl":
+                return decoded
+            text = json.loads(decoded)["text"]
+            if not isinstance(text, str):  # e.g. {"text": 5} or {"text": null}
+                raise TypeError(f"'text' is {type(text).__name__}")
+            return text
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
             if self.skip_bad_lines:
-                self.bad_lines += 1
+                self._skip(line, err)
                 return None
             raise LmlabError(_bad_line_message(self.name, line, err)) from None
+
+    def _skip(self, line: int, err: Exception) -> None:
+        """Count a skipped bad line; warn (shown on stderr, recorded in events.jsonl) at the 1st,
+        10th, 100th ... distinct one of this file, so a file full of them cannot flood the log."""
+        if line in self._bad_seen:
+            return
+        self._bad_seen.add(line)
+        self.bad_lines = n = len(self._bad_seen)
+        if n == 10 ** (len(str(n)) - 1):
+            warnings.warn(f"{self.name}:{line}: {_bad_line_what(err)}; skipped (data.skip_bad_lines="
+                          f"true). {n} bad line{'s' if n > 1 else ''} skipped in {self.name} so far.",
+                          UserWarning, stacklevel=2)
 
     def texts(self):
         """Every document in file order."""
@@ -105,6 +124,11 @@ class DocumentFile:
 
 
 def _bad_line_message(name: str, line: int, err: Exception) -> str:
+    return (f"{name}:{line}: {_bad_line_what(err)}. Fix the line, or set data.skip_bad_lines=true "
+            "to skip and count such lines.")
+
+
+def _bad_line_what(err: Exception) -> str:
     if isinstance(err, UnicodeDecodeError):
         what = f"bytes that are not UTF-8 at offset {err.start}"
     elif isinstance(err, KeyError):
@@ -113,8 +137,7 @@ def _bad_line_message(name: str, line: int, err: Exception) -> str:
         what = "not a JSON object with a 'text' string"
     else:
         what = f"malformed JSON ({err})"
-    return (f"{name}:{line}: {what}. Fix the line, or set data.skip_bad_lines=true to skip and "
-            "count such lines.")
+    return what
 
 
 def _jsonl_spans(data) -> np.ndarray:

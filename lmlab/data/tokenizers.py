@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
 
+from lmlab.atomic import write_text
 from lmlab.errors import LmlabError, Problem
 
 TOKENIZERS = ("bytes", "bpe", "word")
@@ -200,7 +201,8 @@ def tokenizer_from_json(data: dict) -> Tokenizer:
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
-    path.write_text(json.dumps(tokenizer.to_json(), ensure_ascii=False), encoding="utf-8")
+    # atomic: a run killed while writing it must not find a truncated tokenizer on restart
+    write_text(path, json.dumps(tokenizer.to_json(), ensure_ascii=False))
 
 
 def load_tokenizer(path: Path) -> Tokenizer:

@@ -84,10 +84,26 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu",
         raise LmlabError(f"{ckpt / MODEL_FILE} is missing. Fix: pass another checkpoint of the run.")
     state = read_train_state(ckpt) if (ckpt / STATE_FILE).is_file() else {}
     model_cfg = _model_config(state.get("model"), cfg, tokenizer, ckpt)
+    _check_tokenizer_fits(tokenizer, tok_file, cfg, model_cfg, ckpt)
     model = build_model(model_cfg)
     load_model_weights(model, ckpt)
     model.to(_device(device)).eval()
     return LoadedRun(model, tokenizer, cfg, ckpt, run_dir, state.get("step"))
+
+
+def _check_tokenizer_fits(tokenizer: Tokenizer, tok_file: Path, cfg: RunConfig, model_cfg: Any,
+                          ckpt: Path) -> None:
+    """The run's tokenizer.json must be the one the checkpoint was trained with: same kind as the
+    run's config says, and no id beyond the model's embedding table."""
+    vocab = getattr(model_cfg, "vocab_size", 0) or 0
+    kind = cfg.data.tokenizer.name if not cfg.data.tokenizer.path else tokenizer.name
+    if tokenizer.name != kind or (vocab and tokenizer.vocab_size > vocab):
+        raise LmlabError(
+            f"{tok_file} does not match checkpoint {ckpt}: it is a {tokenizer.name} tokenizer with "
+            f"{tokenizer.vocab_size} ids, but the run was trained with a {kind} tokenizer"
+            f"{f' and the model has {vocab} ids' if vocab else ''}. Fix: restore the run's own "
+            f"tokenizer.json (the one written when it started training), or evaluate a checkpoint "
+            "of the run this tokenizer belongs to.")
 
 
 def _model_config(saved: dict | None, cfg: RunConfig, tokenizer: Tokenizer, ckpt: Path) -> Any:

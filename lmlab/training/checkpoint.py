@@ -11,8 +11,10 @@ removed on the next start.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -67,29 +69,54 @@ def save_checkpoint(run_dir: Path, name: str, model: nn.Module, optimizer, state
     root = checkpoints_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_model(model, str(tmp / MODEL_FILE))
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+        _fsync_tree(tmp)
+        return _replace_dir(tmp, root / name)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+        if isinstance(err, RuntimeError) and "write" not in str(err).lower():
+            raise
+        raise _save_error(run_dir, tmp, root / name, err) from None
+
+
+def _save_error(run_dir: Path, tmp: Path, target: Path, err: Exception) -> LmlabError:
+    """A failed save (disk full, quota, read-only disk): drop the partial copy, keep every earlier
+    checkpoint, and say how to go on."""
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / MODEL_FILE))
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
-    _fsync_tree(tmp)
-    return _replace_dir(tmp, root / name)
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "space" in str(err).lower():
+        why, fix = "the disk is full", f"free disk space on the disk holding {target.parent}"
+    else:
+        why, fix = "writing failed", f"make {target.parent} writable (or set dump_dir elsewhere)"
+    reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    latest = latest_checkpoint(run_dir)
+    return LmlabError(
+        f"cannot save checkpoint {target}: {why} ({reason}). The partial save was removed and "
+        f"earlier checkpoints are intact (latest: {latest or 'none'}). Fix: {fix}, then run the same "
+        "command again to resume from the latest checkpoint.")
 
 
 def link_checkpoint(run_dir: Path, source: Path, name: str) -> Path:
     """Publish an existing checkpoint under another name (``best``/``final``) via hard links."""
     root = checkpoints_root(run_dir)
     tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for item in source.iterdir():
-        try:
-            os.link(item, tmp / item.name)
-        except OSError:  # filesystems without hard links
-            shutil.copy2(item, tmp / item.name)
-    _fsync_tree(tmp)
-    return _replace_dir(tmp, root / name)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for item in source.iterdir():
+            try:
+                os.link(item, tmp / item.name)
+            except OSError:  # filesystems without hard links
+                shutil.copy2(item, tmp / item.name)
+        _fsync_tree(tmp)
+        return _replace_dir(tmp, root / name)
+    except OSError as err:
+        raise _save_error(run_dir, tmp, root / name, err) from None
 
 
 def _replace_dir(tmp: Path, target: Path) -> Path:
@@ -124,7 +151,12 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     if keep <= 0:
         return
     for path in step_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        # renamed out of the way first: a kill during the deletion must not leave a half-deleted
+        # directory under a step name, which would pass for complete (step_checkpoints); the
+        # temporary name is cleaned up on the next start
+        trash = path.with_name(f"{_TMP_PREFIX}pruned-{path.name}-{os.getpid()}")
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
@@ -183,15 +215,16 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
     try:
         saved = load_file(str(file))
     except (OSError, SafetensorError) as err:
-        raise LmlabError(f"cannot read weights {file}: {err}. The file is missing or truncated; "
-                         "use another checkpoint.") from None
+        raise LmlabError(f"cannot read weights {file}: {err}. The file is missing, truncated or "
+                         f"corrupt. Fix: {_other_checkpoint_fix(file.parent)}") from None
     expected = model.state_dict()
     for name, tensor in saved.items():
         if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
             raise LmlabError(
                 f"checkpoint {file} does not fit this model: tensor {name!r} has shape "
                 f"{tuple(tensor.shape)} in the checkpoint but {tuple(expected[name].shape)} in the "
-                "model. Fix: use the model config the checkpoint was trained with.")
+                f"model. Fix: use the model config the checkpoint was trained with"
+                f"{_saved_model_hint(file.parent)}, or a new dump_dir to start a new run.")
     unexpected = sorted(set(saved) - set(expected))
     if unexpected:
         raise LmlabError(f"checkpoint {file} has tensors this model lacks: {unexpected[:5]}. Fix: "
@@ -211,13 +244,54 @@ def _check_missing_are_tied(model: nn.Module, missing: list[str], file: Path) ->
 
 
 def load_optimizer(optimizer, path: Path) -> None:
+    file = path / OPTIMIZER_FILE
     try:
-        state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have many types; all mean "unusable file"
-        raise LmlabError(f"cannot load optimizer state {path / OPTIMIZER_FILE}: "
-                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
-                         "Only plain tensors are accepted (weights_only=True).") from None
-    optimizer.load_state_dict(state)
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused a Python object: never executed
+        # torch's own text suggests weights_only=False, exactly what must not be done here: only
+        # the line naming the refused object is kept
+        found = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "nsupported" in line]
+        raise LmlabError(
+            f"refused to load optimizer state {file}: it holds Python objects other than tensors "
+            f"and plain containers{f' ({found[0]})' if found else ''}, which weights_only=True "
+            "loading never runs. lmlab never writes such files, so it was altered or comes from "
+            f"elsewhere. Fix: do not use this file; {_other_checkpoint_fix(path)}") from None
+    except Exception as err:  # a truncated or corrupt file: zip, EOF, ... errors of many types
+        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+        raise LmlabError(f"cannot load optimizer state {file}: {type(err).__name__}: {first}. The "
+                         f"file is missing, truncated or corrupt. Fix: {_other_checkpoint_fix(path)}"
+                         ) from None
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError) as err:
+        raise LmlabError(f"optimizer state {file} does not fit this model's optimizer ({err}). Fix: "
+                         "resume with the optim.* and model settings the run was trained with, or "
+                         "use a new dump_dir.") from None
+
+
+def _other_checkpoint_fix(checkpoint_dir: Path) -> str:
+    """How to go on without a damaged checkpoint: delete it and resume from the one before."""
+    if checkpoint_dir.name.isdigit():
+        earlier = [p for p in step_checkpoints(checkpoint_dir.parent.parent)
+                   if int(p.name) < int(checkpoint_dir.name)]
+        then = (f"resume from checkpoint {earlier[-1].name}" if earlier else
+                "start the run over (there is no earlier checkpoint)")
+        return (f"delete {checkpoint_dir} and run the same command again to {then}; or pass another "
+                "checkpoint to lmlab eval / generate.")
+    return f"pass another checkpoint of the run (a checkpoints/<step> directory) instead of {checkpoint_dir}."
+
+
+def _saved_model_hint(checkpoint_dir: Path) -> str:
+    """' (model.dim=64, ...)' from the checkpoint's train_state.json, when it records the model."""
+    try:
+        saved = json.loads((checkpoint_dir / STATE_FILE).read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(saved, dict):
+        return ""
+    shown = [f"model.{k}={v}" for k, v in saved.items()
+             if k not in ("vocab_size", "max_seq_len") and v is not None]
+    return f" ({' '.join(shown)})" if shown else ""
 
 
 # --------------------------------------------------------------------------- RNG

@@ -118,7 +118,7 @@ class LogWindow:
 
 # Loop bookkeeping saved in train_state.json and restored on resume (besides loader, RNG, scaler).
 TRAIN_STATE_KEYS = ("step", "tokens", "epoch_loss_sum", "epoch_steps", "best_val_loss", "bad_epochs",
-                    "skipped_steps", "last_eval_step", "failed_evals")
+                    "skipped_steps", "last_eval_step", "failed_evals", "best_step")
 
 
 class TrainingSession:
@@ -148,32 +148,74 @@ class TrainingSession:
         with self._phase("data"):
             self.data = build_data(self.cfg, self.run_dir)
         total = self.data.total_steps
-        if resume_state and (resume_state.get("finished") or resume_state["step"] >= total):
+        if resume_state:
+            self._publish_interrupted(latest, resume_state)
+        if resume_state and self._already_finished(resume_state, total):
             self.console.line(f"run {self.run_dir} already finished at step {resume_state['step']}/"
                               f"{total}; nothing to do. Raise steps/epochs to train longer, or use "
                               "a new dump_dir to start over.")
             return {"status": "finished", "step": resume_state["step"], "resumed": True}
-        self._write_run_files(resume_state)
         with self._phase("build"):
             self._build(resume_state, latest)
+        self._write_run_files(resume_state)  # after _build: a refused resume leaves the run's files as they were
+        if resume_state and self._harness_due(resume_state["step"], False):
+            self._evaluate_missed(latest, resume_state["step"])
         try:
             with PreemptionSignals() as self.preemption, self._phase("train", step=self.state["step"]):
                 return self._loop(total)
         finally:
             self.sink.close()  # also on a crash: TensorBoard buffers its last scalars
 
+    @staticmethod
+    def _already_finished(state: dict, total: int) -> bool:
+        """Reached ``total``, or ended (early stopping) with the same plan. Raising steps/epochs
+        changes the plan, so a finished run then trains on."""
+        planned = state.get("scheduler", {}).get("total_steps")
+        return state["step"] >= total or (bool(state.get("finished")) and planned == total)
+
+    def _publish_interrupted(self, latest: Path, state: dict) -> None:
+        """A kill between saving a checkpoint and publishing it as best/ or final/ left that undone."""
+        from lmlab.training import checkpoint as ckpt
+
+        def published_step(name: str) -> int | None:
+            path = ckpt.checkpoints_root(self.run_dir) / name
+            return ckpt.read_train_state(path)["step"] if (path / ckpt.STATE_FILE).is_file() else None
+
+        if state.get("best_step") == state["step"] and published_step("best") != state["step"]:
+            ckpt.link_checkpoint(self.run_dir, latest, "best")
+        if state.get("finished") and published_step("final") != state["step"]:
+            ckpt.link_checkpoint(self.run_dir, latest, "final")
+
+    def _evaluate_missed(self, latest: Path, step: int) -> None:
+        """The previous attempt was killed after saving ``latest`` but before evaluating it."""
+        from lmlab.evaluation.runner import RESULTS_FILE
+
+        if not (latest / RESULTS_FILE).exists():
+            self._evaluate_checkpoint(step, latest)
+
     def _phase(self, name: str, **info):
         """Record phase ``name`` in the run's event log (start, end, and the exception if it fails)."""
         return self.events.phase(name, **info) if self.events else contextlib.nullcontext()
 
     def _write_run_files(self, resume_state: dict | None) -> None:
+        from lmlab.atomic import write_text
         from lmlab.config import dump_config
         from lmlab.reports.provenance import collect
 
         dump_config(self.cfg, self.run_dir / "config.yaml")
         provenance = collect(self.argv, self.runtime.device)
         provenance["resumed_from_step"] = resume_state["step"] if resume_state else None
-        (self.run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2), "utf-8")
+        provenance["earlier_invocations"] = self._earlier_provenance()
+        write_text(self.run_dir / "provenance.json", json.dumps(provenance, indent=2))
+
+    def _earlier_provenance(self) -> list[dict]:
+        """Provenance of the invocations before this one (a resume must not erase how a run began)."""
+        try:
+            old = json.loads((self.run_dir / "provenance.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            return []
+        earlier = old.pop("earlier_invocations", [])
+        return [*earlier, old] if isinstance(earlier, list) else [old]
 
     def _build(self, resume_state: dict | None, latest: Path | None) -> None:
         from lmlab.models.registry import build_model, resolve_model_config
@@ -201,11 +243,12 @@ class TrainingSession:
                 self.scaler.load_state_dict(resume_state["scaler"])
             ckpt.set_rng_state(resume_state["rng"])
             self.state = {k: v for k, v in resume_state.items() if k in TRAIN_STATE_KEYS}
-            truncate_metrics(self.run_dir / "metrics.jsonl", self.state["step"])
             self.console.line(f"resuming {self.run_dir} from checkpoint {latest.name}")
+        # drop what a killed attempt logged after its last checkpoint (everything if it saved none)
+        truncate_metrics(self.run_dir / "metrics.jsonl", self.state["step"])
         # metrics.jsonl always, plus W&B / TensorBoard when selected (logging.wandb, logging.tensorboard)
         self.sink = build_sinks(self.cfg.logging, self.run_dir, self.cfg.name, config_to_dict(self.cfg),
-                                resume_step=self.state["step"] if resume_state else None)
+                                resume_step=self.state["step"])
         for note in self.sink.notes:
             self.console.line(note)
         n_params = self.model.num_params()
@@ -274,6 +317,8 @@ class TrainingSession:
         best = self.state.get("best_val_loss")
         improved = best is None or val_loss < best - cfg.min_delta
         self.state["best_val_loss"] = val_loss if improved else best
+        if improved:
+            self.state["best_step"] = step
         self.state["bad_epochs"] = 0 if improved else self.state.get("bad_epochs", 0) + 1
         stop = (cfg.patience > 0 and self.state["bad_epochs"] >= cfg.patience) or \
             epoch == self.cfg.epochs

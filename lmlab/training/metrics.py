@@ -24,6 +24,7 @@ from typing import Protocol
 
 import torch
 
+from lmlab.atomic import write_text
 from lmlab.errors import Problem
 
 
@@ -145,9 +146,16 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop lines logged after ``last_step`` (by a run killed after its last checkpoint)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _logged_by(line, last_step)]
+    write_text(path, "".join(line + "\n" for line in kept))  # atomic: a kill here must not lose lines
+
+
+def _logged_by(line: str, last_step: int) -> bool:
+    """A complete line of a step up to ``last_step`` (a kill mid-append leaves a partial last line)."""
+    try:
+        return json.loads(line).get("step", 0) <= last_step
+    except ValueError:
+        return False
 
 
 def read_metrics(path: Path) -> list[dict]:

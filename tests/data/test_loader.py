@@ -92,7 +92,8 @@ def test_malformed_json_names_file_and_line(tmp_path):
     with pytest.raises(LmlabError, match=r"s\.chunk\.00\.jsonl:2: malformed JSON.*skip_bad_lines"):
         list(doc.texts())
     skipping = DocumentFile.open(path, skip_bad_lines=True)
-    assert list(skipping.texts()) == ["ok"] and skipping.bad_lines == 2
+    with pytest.warns(UserWarning, match=r"s\.chunk\.00\.jsonl:2"):  # skipped lines are reported
+        assert list(skipping.texts()) == ["ok"] and skipping.bad_lines == 2
 
 
 def test_bundled_tinyshakespeare_splits():

@@ -1,0 +1,404 @@
+"""Bad inputs, table-driven: every case exits 2 (one case, a finished run, exits 0 by design) with a
+message naming the file / key / line and the fix, shows no traceback, and loses nothing that was
+already in the run directory (earlier files still exist; each one's earlier content is a prefix of
+its new content, since append-only logs may grow).
+
+Cases run in-process through ``lmlab.cli.main`` (fast; lets the disk-full case patch the checkpoint
+writer); a few representative ones also run through the real command line in a subprocess.
+How long each case takes is recorded and printed at the end of the module, never asserted (tests
+never assert timings); ``pytest --durations=0`` shows the same.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, make_jsonl_root, run_lmlab, write_jsonl
+from lmlab.cli import main
+
+DEBUG = str(CONFIGS / "debug.yaml")
+BASE_STEPS = ["steps=6", "checkpoint.every=3", "checkpoint.keep=0"]
+DURATIONS: dict[str, float] = {}
+
+
+def train_argv(data: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", DEBUG, *TINY_TRANSFORMER, *data_overrides(data), *BASE_STEPS, f"dump_dir={run}",
+            *extra]
+
+
+# --------------------------------------------------------------------------- one real run
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> dict[str, Path]:
+    """One tiny real run, trained once: ``finished`` (checkpoints 3, 6 and final) and ``resumable``,
+    the same run as a run killed after its step-3 checkpoint leaves it (resuming trains 4..6)."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    data = make_jsonl_root(root / "data")
+    finished = root / "finished"
+    assert main(train_argv(data, finished)) == 0
+    resumable = root / "resumable"
+    shutil.copytree(finished, resumable)
+    for name in ("0000000006", "final"):
+        shutil.rmtree(resumable / "checkpoints" / name)
+    config = resumable / "config.yaml"
+    config.write_text(config.read_text().replace(str(finished), str(resumable)))
+    metrics = resumable / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
+                               if json.loads(line).get("step", 0) <= 3))
+    return {"root": root, "data": data, "finished": finished, "resumable": resumable}
+
+
+@dataclass
+class Ctx:
+    """What a case's setup works on: fresh copies, made on first use, of the base run."""
+
+    base: dict[str, Path]
+    tmp: Path
+    monkeypatch: pytest.MonkeyPatch
+    watched: list[Path] = field(default_factory=list)  # directories checked for "nothing lost"
+
+    def _copy(self, name: str) -> Path:
+        """A copy of a base run whose config.yaml names the copy, so the base run's own command,
+        aimed at the copy, is "the same command" (resuming rewrites config.yaml identically)."""
+        target = self.tmp / name
+        shutil.copytree(self.base[name], target)
+        config = target / "config.yaml"
+        config.write_text(config.read_text().replace(str(self.base[name]), str(target)))
+        self.watched.append(target)
+        return target
+
+    @cached_property
+    def run(self) -> Path:
+        """A run stopped after its step-3 checkpoint; ``train_argv(ctx.data, ctx.run)`` resumes it."""
+        return self._copy("resumable")
+
+    @cached_property
+    def finished(self) -> Path:
+        return self._copy("finished")
+
+    @property
+    def data(self) -> Path:
+        """The base run's data (shared: a case that needs other data writes it with new_data)."""
+        return self.base["data"]
+
+    def new_data(self, files: dict[str, bytes | list[str]]) -> Path:
+        """A jsonl root with only ``files`` (relative path -> raw bytes, or texts as JSON lines)."""
+        root = self.tmp / "newdata"
+        root.mkdir()
+        for rel, content in files.items():
+            if isinstance(content, list):
+                write_jsonl(root / rel, content)
+            else:
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).write_bytes(content)
+        return root
+
+    def train(self, *extra: str) -> list[str]:
+        """Resume ``ctx.run`` with the base run's command plus ``extra``."""
+        return train_argv(self.data, self.run, *extra)
+
+
+def snapshot(directories: list[Path]) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for d in directories if d.exists() for p in sorted(d.rglob("*"))
+            if p.is_file()}
+
+
+def assert_nothing_lost(before: dict[Path, bytes], rewrites: tuple[str, ...] = ()) -> None:
+    lost = [str(p) for p in before if not p.is_file()]
+    assert not lost, f"files that existed before the call are gone: {lost}"
+    changed = [str(p) for p, old in before.items()
+               if p.name not in rewrites and not p.read_bytes().startswith(old)]
+    assert not changed, (f"files whose earlier content was not kept (only appending is allowed): "
+                         f"{changed}; a refused invocation must leave the run's files as they were")
+
+
+# --------------------------------------------------------------------------- the table
+# Each row: id, setup(ctx) -> argv, expected substrings of the message ({run}, {data}, {tmp},
+# {finished} are filled in), and the expected exit code.
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    setup: Callable[[Ctx], list[str]]
+    expect: tuple[str, ...]
+    code: int = 2
+    rewrites: tuple[str, ...] = ()  # files a run replaces by design once it resumes training
+    marks: tuple = ()
+
+
+def yaml_file(ctx: Ctx, text: str) -> Path:
+    path = ctx.tmp / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+def with_line(ctx: Ctx, line: bytes) -> Path:
+    """A source whose only chunk file has ``line`` as line 3 (a small file: every line is read)."""
+    good = b"".join(json.dumps({"text": f"good document {i} " * 8}).encode() + b"\n" for i in range(2))
+    return ctx.new_data({"s/s.chunk.00.jsonl": good + line + b"\n" + good,
+                         "s/s.val.jsonl": ["validation text " * 20] * 4})
+
+
+def with_files(ctx: Ctx, files: dict[str, bytes | list[str]]) -> list[str]:
+    """Resume the run reading a new data root with only ``files``."""
+    return ctx.train(f"data.root_dir={ctx.new_data(files)}")
+
+
+def bad_line_argv(ctx: Ctx, line: bytes, *extra: str) -> list[str]:
+    root = with_line(ctx, line)
+    return train_argv(root, ctx.tmp / "newrun", "data.sources={s: 1}", *extra)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def word_tokenizer_file(path: Path) -> None:
+    path.write_text(json.dumps({"lmlab_tokenizer": "word", "words": [f"w{i}" for i in range(400)]}))
+
+
+def setup_disk_full(ctx: Ctx) -> list[str]:
+    """Resume the run; the step-6 checkpoint save hits ENOSPC after writing part of its weights."""
+    from lmlab.training import checkpoint
+
+    def full_disk(model, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    ctx.monkeypatch.setattr(checkpoint, "save_model", full_disk)
+    return ctx.train()
+
+
+def setup_unwritable(ctx: Ctx) -> list[str]:
+    # the tests run as root, which ignores permission bits; /sys refuses new files even to root
+    probe = Path("/sys/lmlab-probe")
+    try:
+        probe.write_text("x")
+    except OSError:
+        return ctx.train(f"dump_dir={Path('/sys') / 'lmlab-run'}")
+    probe.unlink()
+    pytest.skip("no unwritable directory on this machine")
+
+
+def setup_cuda(ctx: Ctx) -> list[str]:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is available")
+    return ctx.train("device=cuda")
+
+
+def setup_missing_eval_data(ctx: Ctx) -> Path:
+    folder = ctx.tmp / "evaldata"
+    (folder / "piqa").mkdir(parents=True)
+    (folder / "piqa" / "valid.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "b"}\n')
+    return folder  # piqa/valid-labels.lst is missing
+
+
+CASES = [
+    # ---- config file and overrides
+    Case("yaml_syntax_error",
+         lambda c: ["train", str(yaml_file(c, "steps: 10\nmodel:\n  dim: [64\n  n_layers: 2\n")),
+                    f"dump_dir={c.run}"],
+         ("{tmp}/bad.yaml: YAML syntax error at line 4, column 11", "fix: fix the YAML at that position")),
+    Case("unknown_key_in_yaml",
+         lambda c: ["train", str(yaml_file(c, "steps: 5\nmodel:\n  dimm: 64\n")), f"dump_dir={c.run}"],
+         ("model.dimm: unknown key. Did you mean 'dim'?", "fix: valid keys here:")),
+    Case("unknown_key_override", lambda c: c.train("model.n_head=4"),
+         ("model.n_head: unknown key. Did you mean 'n_heads'?", "fix: valid keys here:")),
+    Case("wrong_type", lambda c: c.train("optim.lr=fast"),
+         ("optim.lr: expected number, got string 'fast'", "fix: set optim.lr to a number")),
+    Case("unknown_choice", lambda c: c.train("precision=fp61"),
+         ("precision: 'fp61' is not one of", "Did you mean 'fp16'?", "fix: set precision to one of")),
+    Case("bad_override_syntax", lambda c: c.train("data.seq_len:128"),
+         ("data.seq_len:128: bad override syntax: expected KEY=VALUE",
+          "fix: write overrides like optim.lr=1e-3")),
+    Case("negative_steps", lambda c: c.train("steps=-5"),
+         ("steps: must be > 0, got -5", "fix: set steps=1000")),
+    Case("negative_batch_size", lambda c: c.train("data.batch_size=-4"),
+         ("data.batch_size: must be > 0, got -4", "fix: set data.batch_size to a positive integer")),
+    Case("negative_model_dim", lambda c: c.train("model.dim=-64"),
+         ("model.dim: must be > 0, got -64", "fix: set model.dim to a positive integer")),
+    Case("zero_checkpoint_every", lambda c: c.train("checkpoint.every=0", "data.seq_len=0"),
+         ("checkpoint.every: must be > 0, got 0", "fix: set checkpoint.every=100",
+          "data.seq_len: must be > 0, got 0", "fix: set data.seq_len to a positive integer")),
+    # ---- data
+    Case("missing_data_dir", lambda c: c.train(f"data.root_dir={c.tmp / 'nowhere'}"),
+         ("data.root_dir: directory {tmp}/nowhere does not exist", "fix: set data.root_dir")),
+    Case("empty_data_dir", lambda c: c.train(f"data.root_dir={c.new_data({})}"),
+         ("data.sources.alpha: source directory {tmp}/newdata/alpha does not exist",
+          "fix: create {tmp}/newdata/alpha with *.chunk.*.jsonl files")),
+    Case("misnamed_data_files",
+         lambda c: with_files(c, {"alpha/part0.jsonl": ["x"], "alpha/a.val.jsonl": ["v"],
+                                  "beta/b.chunk.0.jsonl": ["y"], "beta/b.val.jsonl": ["v"]}),
+         ("data.sources.alpha: {tmp}/newdata/alpha has no training files matching *.chunk.*.jsonl",
+          "rename them to NAME.chunk.00.jsonl", "fix: add training files")),
+    Case("empty_data_file",
+         lambda c: with_files(c, {"alpha/a.chunk.00.jsonl": b"", "alpha/a.val.jsonl": ["v"],
+                                  "beta/b.chunk.00.jsonl": ["y"], "beta/b.val.jsonl": ["v"]}),
+         ("{tmp}/newdata/alpha/a.chunk.00.jsonl: data file is empty",
+          "fix: remove it or fill it with one JSON object per line")),
+    Case("malformed_json_line", lambda c: bad_line_argv(c, b'{"text": "half a line'),
+         ("{tmp}/newdata/s/s.chunk.00.jsonl:3: malformed JSON",
+          "Fix the line, or set data.skip_bad_lines=true")),
+    Case("line_without_text_field", lambda c: bad_line_argv(c, b'{"txt": "a typo in the key"}'),
+         ("{tmp}/newdata/s/s.chunk.00.jsonl:3: no 'text' field", "Fix the line, or set data.skip_bad_lines")),
+    Case("text_field_not_a_string", lambda c: bad_line_argv(c, b'{"text": 12345}'),
+         ("{tmp}/newdata/s/s.chunk.00.jsonl:3: not a JSON object with a 'text' string",
+          "Fix the line, or set data.skip_bad_lines")),
+    Case("non_utf8_bytes", lambda c: bad_line_argv(c, b'{"text": "caf\xe9 au lait"}'),
+         ("{tmp}/newdata/s/s.chunk.00.jsonl:3: bytes that are not UTF-8", "Fix the line, or set "
+          "data.skip_bad_lines")),
+    Case("skip_bad_lines_counts_them",
+         lambda c: bad_line_argv(c, b'{"text": "half a line', "data.skip_bad_lines=true"),
+         ("{tmp}/newdata/s/s.chunk.00.jsonl:3: malformed JSON", "skipped (data.skip_bad_lines=true)",
+          "1 bad line skipped in {tmp}/newdata/s/s.chunk.00.jsonl"), code=0),
+    # ---- checkpoints and tokenizers of an existing run
+    Case("checkpoint_of_another_shape", lambda c: c.train("model.dim=128"),
+         ("{run}/checkpoints/0000000003/model.safetensors does not fit this model", "tensor '",
+          "Fix: use the model config the checkpoint was trained with")),
+    Case("truncated_checkpoint_weights",
+         lambda c: truncate(c.run / "checkpoints/0000000003/model.safetensors") or c.train(),
+         ("cannot read weights {run}/checkpoints/0000000003/model.safetensors",
+          "Fix: delete {run}/checkpoints/0000000003")),
+    Case("truncated_optimizer_state",
+         lambda c: truncate(c.run / "checkpoints/0000000003/optimizer.pt") or c.train(),
+         ("cannot load optimizer state {run}/checkpoints/0000000003/optimizer.pt",
+          "Fix: delete {run}/checkpoints/0000000003")),
+    Case("truncated_train_state",
+         lambda c: truncate(c.run / "checkpoints/0000000003/train_state.json") or c.train(),
+         ("checkpoint {run}/checkpoints/0000000003 has an unreadable train_state.json",
+          "Fix: delete that checkpoint directory")),
+    Case("other_data_sources_on_resume", lambda c: c.train("data.sources={alpha: 1.0}"),
+         ("data.sources", "alpha", "beta", "Fix:")),
+    Case("tokenizer_mismatch_on_resume",
+         lambda c: c.train("data.tokenizer.name=word", "data.tokenizer.vocab_size=300"),
+         ("data.tokenizer.name", "{run}/tokenizer.json", "bytes", "word",
+          "Fix: set data.tokenizer.name=bytes")),
+    Case("tokenizer_mismatch_on_eval",
+         lambda c: word_tokenizer_file(c.finished / "tokenizer.json") or ["eval", str(c.finished)],
+         ("{finished}/tokenizer.json", "word", "bytes", "Fix: restore the run's own tokenizer.json")),
+    # ---- device and precision
+    Case("cuda_without_gpu", setup_cuda,
+         ("device: cuda requested but no CUDA GPU is available", "fix: set device=cpu")),
+    Case("fp16_on_cpu", lambda c: c.train("device=cpu", "precision=fp16"),
+         ("precision: fp16 needs CUDA", "fix: set precision=fp32")),
+    # ---- evaluation settings
+    Case("unknown_eval_task_in_train", lambda c: c.train("eval.tasks=[pica]"),
+         ("eval.tasks: unknown task 'pica'. Did you mean 'piqa'?", "fix: use any of")),
+    Case("unknown_eval_task_in_eval", lambda c: ["eval", str(c.finished), "eval.tasks=[pica]"],
+         ("eval.tasks: unknown task 'pica'. Did you mean 'piqa'?", "fix: use any of")),
+    Case("missing_eval_data_file_in_train",
+         lambda c: c.train("eval.tasks=[piqa]", f"eval.data_dir={setup_missing_eval_data(c)}"),
+         ("eval.data_dir: task piqa needs {tmp}/evaldata/piqa/valid-labels.lst, which is missing",
+          "fix: put the upstream file at")),
+    Case("missing_eval_data_file_in_eval",
+         lambda c: ["eval", str(c.finished), "eval.tasks=[piqa]", "eval.validation.enabled=false",
+                    f"eval.data_dir={setup_missing_eval_data(c)}"],
+         ("eval.data_dir: task piqa needs {tmp}/evaldata/piqa/valid-labels.lst, which is missing",
+          "fix: put the upstream file at")),
+    # ---- output directory
+    Case("unwritable_output_dir", setup_unwritable,
+         ("dump_dir: /sys is not writable", "fix: set dump_dir to a writable location")),
+    Case("output_dir_under_a_file",
+         lambda c: (c.tmp / "plainfile").write_text("x") and
+         c.train(f"dump_dir={c.tmp / 'plainfile' / 'run'}"),
+         ("dump_dir: {tmp}/plainfile/run cannot be created: {tmp}/plainfile is not a directory",
+          "fix: set dump_dir to a path inside a writable directory")),
+    Case("disk_full_while_saving", setup_disk_full,
+         ("cannot save checkpoint {run}/checkpoints/0000000006: the disk is full",
+          "No space left on device", "latest: {run}/checkpoints/0000000003", "Fix: free disk space"),
+         rewrites=("provenance.json",)),  # written by each invocation that gets to train
+    # ---- a finished run: a clear message, no error, nothing trained or rewritten
+    Case("resume_finished_run", lambda c: train_argv(c.data, c.finished),
+         ("already finished at step 6/6; nothing to do", "Raise steps/epochs"), code=0),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_durations(request):
+    yield
+    if DURATIONS:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"  {name:<36} {seconds:6.2f} s" for name, seconds in
+                 sorted(DURATIONS.items(), key=lambda kv: -kv[1])]
+        text = "\nbad-input case durations (measured, not asserted):\n" + "\n".join(lines)
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            (reporter.write_line if reporter is not None else print)(text)
+
+
+def prepare(case: Case, base, tmp_path, monkeypatch) -> tuple[Ctx, list[str], list[str]]:
+    ctx = Ctx(base, tmp_path, monkeypatch)
+    argv = case.setup(ctx)
+    places = {"tmp": tmp_path, "run": tmp_path / "resumable", "finished": tmp_path / "finished",
+              "data": base["data"]}
+    expected = [e.format(**places) for e in case.expect]
+    return ctx, argv, expected
+
+
+def check_outcome(case: Case, code: int, out: str, err: str, expected: list[str],
+                  logged: str = "") -> None:
+    """``logged``: events.jsonl text, where in-process runs find the warnings pytest intercepts."""
+    shown = out + err + logged
+    assert code == case.code, f"exit {code}, expected {case.code}\nstdout:\n{out}\nstderr:\n{err}"
+    assert "Traceback" not in shown
+    missing = [e for e in expected if e not in shown]
+    assert not missing, f"message lacks {missing}\nstdout:\n{out}\nstderr:\n{err}"
+    if case.code == 2:
+        assert ": error: " in err and "fix" in err.lower(), err
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_bad_input(case: Case, base, tmp_path, monkeypatch, capsys):
+    ctx, argv, expected = prepare(case, base, tmp_path, monkeypatch)
+    before = snapshot(ctx.watched)
+    data_before = snapshot([base["data"]])
+    capsys.readouterr()
+    started = time.perf_counter()
+    code = main(argv)
+    DURATIONS[case.id] = time.perf_counter() - started
+    out, err = capsys.readouterr()
+    events = [p / "events.jsonl" for p in [*ctx.watched, tmp_path / "newrun"]
+              if (p / "events.jsonl").is_file()]
+    check_outcome(case, code, out, err, expected, "".join(p.read_text() for p in events))
+    assert_nothing_lost(before, case.rewrites)
+    assert snapshot([base["data"]]) == data_before  # the shared data is never touched
+    if case.id == "resume_finished_run":  # nothing trained, only the event log grew
+        grown = {p for p, old in before.items() if p.read_bytes() != old}
+        assert {p.name for p in grown} <= {"events.jsonl"}
+        assert {p for p in snapshot(ctx.watched)} == set(before)
+        assert main(argv) == 0 and capsys.readouterr().out == out  # again: the same, no loop
+    if case.id == "disk_full_while_saving":  # the half-written save is gone, step 3 is intact
+        leftovers = [p.name for p in (ctx.run / "checkpoints").iterdir() if p.name.startswith(".")]
+        assert leftovers == []
+
+
+REAL_CLI = ["malformed_json_line", "checkpoint_of_another_shape"]  # a mid-training and a resume error
+
+
+@pytest.mark.parametrize("case_id", REAL_CLI)
+def test_real_command_line_shows_no_traceback(case_id, base, tmp_path, monkeypatch):
+    case = next(c for c in CASES if c.id == case_id)
+    ctx, argv, expected = prepare(case, base, tmp_path, monkeypatch)
+    before = snapshot(ctx.watched)
+    out = run_lmlab(*argv, timeout=120)
+    check_outcome(case, out.returncode, out.stdout, out.stderr, expected)
+    if case.code == 2:
+        assert out.stderr.startswith(f"lmlab {argv[0]}: error: ")
+    assert_nothing_lost(before, case.rewrites)
+
+
+def test_the_table_covers_the_issue():
+    assert len(CASES) >= 30
+    assert len({c.id for c in CASES}) == len(CASES)
