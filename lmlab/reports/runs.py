@@ -135,7 +135,9 @@ def duration(run: Run, now: float | None = None) -> tuple[float | None, bool]:
         total = 0.0
         for n, i in enumerate(starts):
             attempt = run.events[i:starts[n + 1]] if n + 1 < len(starts) else run.events[i:]
-            end = attempt[-1].get("unix", attempt[0].get("unix", 0))
+            # run_end when there is one: later events (lmlab eval / report) are not training time
+            last = next((e for e in attempt if e.get("event") == "run_end"), attempt[-1])
+            end = last.get("unix", attempt[0].get("unix", 0))
             if n + 1 == len(starts) and run.status.get("status") == "running":
                 end = now
             total += max(0.0, end - attempt[0].get("unix", end))
