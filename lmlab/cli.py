@@ -35,7 +35,7 @@ def cmd_train(args) -> int:
     events = EventLog(cfg.dump_dir)
     command = " ".join(["lmlab", *sys.argv[1:]])
     try:
-        with events.run(trap_signals=False, command=command):  # the loop handles SIGTERM itself
+        with events.run(command=command):
             # preflight ran before the run directory may exist; recorded now that it does
             events.emit("phase_start", phase="preflight")
             events.emit("phase_end", phase="preflight", status="ok",
@@ -51,12 +51,10 @@ def cmd_train(args) -> int:
 
 
 def _report_crash(err: Exception, events) -> int:
-    from lmlab.reports.events import exception_location, redact_text
-
-    where, _ = exception_location(err)
-    summary, phase = events.record_exception(err, "run")  # already recorded: returns that record
+    summary, phase = events.record_exception(err, "run")  # already recorded: returns that (redacted) record
     traceback_file = summary.get("traceback_file")
-    print(f"lmlab train: failed in phase {phase}: {type(err).__name__}: {redact_text(str(err))} (at {where})\n"
+    print(f"lmlab train: failed in phase {phase}: {summary['type']}: {summary['message']} "
+          f"(at {summary['where']})\n"
           f"  traceback: {events.run_dir / traceback_file if traceback_file else 'not written'}\n"
           f"  explanation and fix: lmlab report {events.run_dir}", file=sys.stderr)
     return 1

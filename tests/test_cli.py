@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from helpers import CONFIGS, run_lmlab, write_jsonl
+from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab, write_jsonl
+from lmlab.cli import main
 
 DEBUG = str(CONFIGS / "debug.yaml")
 
@@ -75,3 +76,23 @@ def test_empty_data_file_and_cuda_without_gpu(tmp_path):
     import torch
     if not torch.cuda.is_available():
         assert "cuda requested but no CUDA GPU is available" in out.stderr
+
+
+def test_a_crash_after_preflight_is_recorded_and_reported_in_one_line(tmp_path, jsonl_root, monkeypatch,
+                                                                       capsys):
+    import lmlab.training.loop as loop
+    from lmlab.reports.events import run_status
+
+    def vanished(cfg, run_dir):  # e.g. the data directory deleted between preflight and loading
+        raise FileNotFoundError(2, "No such file or directory", str(jsonl_root / "alpha"))
+
+    monkeypatch.setattr(loop, "build_data", vanished)
+    run = tmp_path / "run"
+    code = main(["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(jsonl_root),
+                 f"dump_dir={run}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "failed in phase data: FileNotFoundError" in err and f"lmlab report {run}" in err
+    status = run_status(run)
+    assert (status["status"], status["phase"]) == ("failed", "data")
+    assert (run / status["exception"]["traceback_file"]).is_file()

@@ -12,7 +12,7 @@ Schema: one JSON object per line, always with ``event``, ``time`` (ISO 8601, UTC
 * ``run_end``: ``status`` (``finished`` | ``stopped early`` | ``stopped`` | ``preempted`` |
   ``failed``), ``seconds``; when failed also ``phase`` and ``exception``; plus caller fields.
 * ``phase_start``: ``phase`` plus caller fields.
-* ``phase_end``: ``phase``, ``status`` (``ok`` | ``failed`` | ``interrupted`` | ``preempted`` |
+* ``phase_end``: ``phase``, ``status`` (``ok`` | ``failed`` | ``interrupted`` | ``exited`` |
   caller-chosen), ``seconds``; when failed ``exception``: ``{type, message, where ("file:line"),
   function, traceback_file}``; plus caller fields.
 * ``warning``: ``message``, ``category``, ``where`` (``file:line``).
@@ -26,10 +26,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import sys
-import threading
 import time
 import traceback
 import warnings
@@ -56,18 +54,6 @@ _SECRET_ASSIGNMENT = re.compile(
     rf"(?P<name>\b[\w.-]*(?:{SECRET_NAME.pattern}|CREDENTIALS)\b[\"']?\s*[=:]\s*)(?P<quote>[\"']?)"
     rf"(?P<value>[^\s\"',;]+)", re.IGNORECASE)
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../lmlab
-
-
-class Preempted(KeyboardInterrupt):
-    """Raised in the main thread on SIGTERM/SIGUSR1 (cluster preemption) by ``EventLog.run``.
-
-    A KeyboardInterrupt subclass so that code which already unwinds cleanly on Ctrl-C (and the
-    CLI's exit code 130) handles preemption the same way, without treating it as a bug.
-    """
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signal_name = signal.Signals(signum).name
 
 
 # --------------------------------------------------------------------------- redaction
@@ -209,22 +195,18 @@ class EventLog:
         self._result = {"status": status, **info}
 
     @contextmanager
-    def run(self, trap_signals: bool = True, **info: Any):
+    def run(self, **info: Any):
         """``run_start``, then ``run_end`` however the block ends; warnings are recorded inside.
 
-        A normal exit writes the ``set_result`` status (default ``finished``); Ctrl-C writes
-        ``stopped``; SIGTERM/SIGUSR1 (when ``trap_signals``, main thread only) raise ``Preempted``
-        and write ``preempted``; any other exception writes ``failed`` with the phase it failed in.
-        Exceptions are always re-raised.
+        A normal exit writes the ``set_result`` status (default ``finished``; the training loop
+        sets ``preempted`` after it saved on SIGTERM/SIGUSR1, see ``training.loop.PreemptionSignals``);
+        Ctrl-C writes ``stopped``; any other exception writes ``failed`` with the phase it failed
+        in. Exceptions are always re-raised.
         """
         self.run_start(**info)
-        restore = self._trap_signals() if trap_signals else None
         try:
             with self.capture_warnings():
                 yield self
-        except Preempted as err:
-            self.run_end("preempted", signal=err.signal_name)
-            raise
         except KeyboardInterrupt:
             self.run_end("stopped", reason="KeyboardInterrupt")
             raise
@@ -239,27 +221,10 @@ class EventLog:
             raise
         else:
             self.run_end(**(self._result or {"status": "finished"}))
-        finally:
-            if restore is not None:
-                restore()
 
     def _run_failed(self, err: BaseException) -> None:
         summary, phase = self.record_exception(err, "run")
         self.run_end("failed", phase=phase, exception=summary)
-
-    def _trap_signals(self):
-        """Turn SIGTERM/SIGUSR1 into ``Preempted`` so the block unwinds; returns the undo."""
-        if threading.current_thread() is not threading.main_thread():
-            return None  # signal.signal only works in the main thread
-
-        def handler(signum, frame):
-            raise Preempted(signum)
-
-        previous = {}
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                previous[sig] = signal.signal(sig, handler)
-        return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
 
     # ----------------------------------------------------------------- phases
 
@@ -279,9 +244,6 @@ class EventLog:
         self.phase_start(name, **info)
         try:
             yield self
-        except Preempted as err:
-            self.phase_end(name, status="preempted", signal=err.signal_name)
-            raise
         except KeyboardInterrupt:
             self.phase_end(name, status="interrupted")
             raise
@@ -402,8 +364,8 @@ def run_status(run_dir: str | Path, now: float | None = None,
     2. no ``run_end``, and the process is alive (same host, pid exists) or -- when that cannot
        be checked (another host) -- some run file changed within ``stale_after`` seconds:
        ``running`` (``phase`` = the phase still open);
-    3. no ``run_end`` and not running: ``failed`` if a phase failed, ``preempted`` / ``stopped``
-       if a phase ended by SIGTERM / Ctrl-C, ``finished`` if the last checkpoint is marked
+    3. no ``run_end`` and not running: ``failed`` if a phase failed, ``stopped``
+       if a phase ended by Ctrl-C, ``finished`` if the last checkpoint is marked
        finished, else ``interrupted`` (killed without a trace: ``kill -9``, the OOM killer, a
        lost node);
     4. no events at all (a run from before the log existed): ``running`` if files changed within
@@ -412,7 +374,7 @@ def run_status(run_dir: str | Path, now: float | None = None,
 
     Returns ``{status, rule, reason, phase, exception, attempts, started, ended, last_update}``:
     ``rule`` names the rule that decided (run_end, alive, recent_files, failed_phase,
-    preempted_phase, interrupted_phase, ckpt_finished, vanished, no_events_recent, no_events_finished,
+    interrupted_phase, ckpt_finished, vanished, no_events_recent, no_events_finished,
     no_events_stop_at, no_events_unknown); ``reason`` says it in English.
     """
     run_dir = Path(run_dir)
@@ -452,11 +414,10 @@ def _status_after_death(run_dir: Path, attempt: list[dict], alive: bool | None,
         return {"status": "failed", "phase": failed.get("failed_in") or failed.get("phase"),
                 "exception": failed.get("exception"), "rule": "failed_phase",
                 "reason": f"phase '{failed.get('phase')}' failed and {gone} without a run_end event"}
-    for phase_status, status in (("preempted", "preempted"), ("interrupted", "stopped")):
-        hit = next((e for e in reversed(ends) if e.get("status") == phase_status), None)
-        if hit is not None:
-            return {"status": status, "phase": hit.get("phase"), "rule": f"{phase_status}_phase",
-                    "reason": f"phase '{hit.get('phase')}' ended {phase_status}; no run_end event"}
+    hit = next((e for e in reversed(ends) if e.get("status") == "interrupted"), None)
+    if hit is not None:
+        return {"status": "stopped", "phase": hit.get("phase"), "rule": "interrupted_phase",
+                "reason": f"phase '{hit.get('phase')}' was interrupted (Ctrl-C); no run_end event"}
     if _final_state(run_dir).get("finished"):  # killed after training ended (e.g. in a report)
         return {"status": "finished", "rule": "ckpt_finished",
                 "reason": "no run_end event, but the last checkpoint is marked finished"}

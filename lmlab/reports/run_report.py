@@ -58,7 +58,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "rule.alive": "No end recorded yet and its process is alive.",
         "rule.recent_files": "No end recorded yet and its files changed recently.",
         "rule.failed_phase": "A phase failed and the process ended without recording an end.",
-        "rule.preempted_phase": "A phase was ended by SIGTERM/SIGUSR1 (preemption).",
         "rule.interrupted_phase": "A phase was interrupted (Ctrl-C).",
         "rule.ckpt_finished": "No end recorded, but the last checkpoint is marked finished.",
         "rule.vanished": "Started, but the process is gone without recording an end "
@@ -189,7 +188,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "rule.alive": "終了はまだ記録されておらず、プロセスは生きています。",
         "rule.recent_files": "終了はまだ記録されておらず、ファイルが最近更新されています。",
         "rule.failed_phase": "フェーズが失敗し、終了を記録しないままプロセスが終わりました。",
-        "rule.preempted_phase": "SIGTERM/SIGUSR1 (プリエンプション) でフェーズが終了しました。",
         "rule.interrupted_phase": "フェーズが中断されました (Ctrl-C)。",
         "rule.ckpt_finished": "終了は記録されていませんが、最後のチェックポイントが完了を示しています。",
         "rule.vanished": "開始後、終了を記録しないままプロセスが消えました (kill、ホストのメモリ不足、"

@@ -69,7 +69,7 @@ def preflight_failure(tmp_path) -> Path:
     overrides = [*TINY_TRANSFORMER, *data_overrides(data_root), f"dump_dir={run}"]
     log = EventLog(run)
     with pytest.raises(ConfigError):
-        with log.run(trap_signals=False, command=["lmlab", "train", "configs/debug.yaml", *overrides]):
+        with log.run(command=["lmlab", "train", "configs/debug.yaml", *overrides]):
             with log.phase("preflight"):
                 load_and_check(CONFIGS / "debug.yaml", overrides)
     return run

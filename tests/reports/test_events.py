@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import time
 import warnings
@@ -12,7 +11,7 @@ import pytest
 
 from lmlab.data.wikitext import read_split_lines
 from lmlab.errors import LmlabError
-from lmlab.reports.events import EventLog, Preempted, read_events, run_status
+from lmlab.reports.events import EventLog, read_events, run_status
 
 FAKE_KEY = "wandb-fake-3f9c2a7d41e8b6a0"
 
@@ -63,7 +62,7 @@ def test_secrets_are_redacted_everywhere(tmp_path, monkeypatch):
     run = tmp_path / "run"
     log = EventLog(run)
     with pytest.raises(RuntimeError):
-        with log.run(trap_signals=False, command=["lmlab", "train", f"wandb.api_key={FAKE_KEY}"]):
+        with log.run(command=["lmlab", "train", f"wandb.api_key={FAKE_KEY}"]):
             with log.phase("login", api_key=FAKE_KEY, note=f"using {FAKE_KEY}"):
                 raise RuntimeError(f"wandb login failed for key {FAKE_KEY} (HF_TOKEN=hf_abcdefgh)")
     written = (run / "events.jsonl").read_text() + "".join(
@@ -97,13 +96,13 @@ def test_python_warnings_are_captured_and_still_shown(tmp_path):
 
 def test_run_records_the_result_and_failures(tmp_path):
     ok = EventLog(tmp_path / "ok")
-    with ok.run(trap_signals=False):
+    with ok.run():
         ok.set_result("stopped early", step=5)
     assert run_status(tmp_path / "ok")["status"] == "stopped early"
 
     bad = EventLog(tmp_path / "bad")
     with pytest.raises(ValueError):
-        with bad.run(trap_signals=False):
+        with bad.run():
             with bad.phase("train"):
                 with bad.phase("validate"):
                     raise ValueError("shape mismatch")
@@ -114,23 +113,9 @@ def test_run_records_the_result_and_failures(tmp_path):
 
     stop = EventLog(tmp_path / "ctrl_c")
     with pytest.raises(KeyboardInterrupt):
-        with stop.run(trap_signals=False):
+        with stop.run():
             raise KeyboardInterrupt
     assert run_status(tmp_path / "ctrl_c")["status"] == "stopped"
-
-
-def test_sigterm_is_recorded_as_preempted(tmp_path):
-    log = EventLog(tmp_path)
-    previous = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Preempted):
-        with log.run():
-            with log.phase("train"):
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(1)  # the handler raises at the next bytecode
-    assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
-    status = run_status(tmp_path)
-    assert status["status"] == "preempted"
-    assert [e.get("status") for e in read_events(tmp_path) if e["event"] == "phase_end"] == ["preempted"]
 
 
 def write_events(run, *events):

@@ -123,7 +123,7 @@ def test_failed_run_report_for_out_of_memory(tmp_path, tiny_runs):
     runtime = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext)
     log = EventLog(run)
     with pytest.raises(torch.OutOfMemoryError):
-        with log.run(trap_signals=False):
+        with log.run():
             with log.phase("train"):
                 train_step(OutOfMemoryModel(), torch.zeros(16, 33, dtype=torch.long), None, runtime,
                            None, 1.0, 1, None)

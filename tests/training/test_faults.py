@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, run_lmlab
+from lmlab.reports.events import run_status
 
 
 def tiny_args(root, run, *extra) -> list[str]:
@@ -39,6 +40,7 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_resume_is_exact(tmp_path, jsonl_
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "received SIGTERM: saved a checkpoint at step" in out and "resume with the same command" in out
+    assert run_status(run)["status"] == "preempted"  # recorded in events.jsonl as such
     saved = [p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and 5 <= int(saved[0]) < 60
     assert run_lmlab(*tiny_args(jsonl_root, run, *common)).returncode == 0
