@@ -19,6 +19,16 @@ from lmlab.data.sources import Source
 from lmlab.data.tokenizers import Tokenizer, encode_batch
 from lmlab.errors import LmlabError
 
+IGNORE_INDEX = -100  # targets that count in no loss or metric (padding); F.cross_entropy's default
+
+
+def split_window(batch: torch.Tensor, pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T+1) windows -> inputs (B, T) and targets (B, T); padding targets become IGNORE_INDEX."""
+    inputs, targets = batch[:, :-1], batch[:, 1:].clone()
+    if pad_id is not None:
+        targets[targets == pad_id] = IGNORE_INDEX
+    return inputs, targets
+
 
 class PackedStream:
     """One source's documents in seeded order, tokenized and packed into fixed windows."""

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from lmlab.errors import Problem, did_you_mean
 from lmlab.evaluation.tasks import KNOWN_TASKS, missing_files
-from lmlab.evaluation.validation import ValidationConfig
-from lmlab.evaluation.validation import check as check_validation
+from lmlab.training.validation import ValidationConfig
+from lmlab.training.validation import check as check_validation
 
 
 @dataclass

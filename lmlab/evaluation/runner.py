@@ -24,7 +24,7 @@ from lmlab.errors import ConfigError
 from lmlab.evaluation.config import EvalConfig, check
 from lmlab.evaluation.harness import LmlabLM, task_specs
 from lmlab.evaluation.loading import LoadedRun
-from lmlab.evaluation.validation import evaluate
+from lmlab.training.validation import evaluate
 from lmlab.training.checkpoint import rng_state, set_rng_state
 
 RESULTS_FILE, METRICS_FILE = "eval_results.json", "metrics.eval.jsonl"

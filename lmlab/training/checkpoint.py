@@ -27,9 +27,8 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from lmlab.errors import LmlabError, Problem
-
-MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "train_state.json"
-_TMP_PREFIX = ".tmp-"
+from lmlab.rundir import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TMP_PREFIX, checkpoints_root,
+                          is_step_name, latest_checkpoint, step_checkpoints)
 
 
 @dataclass
@@ -53,14 +52,6 @@ def check(cfg: CheckpointConfig) -> list[Problem]:
     return problems
 
 
-def checkpoints_root(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def step_name(step: int) -> str:
-    return f"{step:010d}"
-
-
 # --------------------------------------------------------------------------- saving
 
 
@@ -68,7 +59,7 @@ def save_checkpoint(run_dir: Path, name: str, model: nn.Module, optimizer, state
     """Atomically write checkpoint ``name`` (a step name, ``best`` or ``final``); returns its path."""
     root = checkpoints_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    tmp = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -104,7 +95,7 @@ def _save_error(run_dir: Path, tmp: Path, target: Path, err: Exception) -> Lmlab
 def link_checkpoint(run_dir: Path, source: Path, name: str) -> Path:
     """Publish an existing checkpoint under another name (``best``/``final``) via hard links."""
     root = checkpoints_root(run_dir)
-    tmp = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    tmp = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -121,7 +112,7 @@ def link_checkpoint(run_dir: Path, source: Path, name: str) -> Path:
 
 def _replace_dir(tmp: Path, target: Path) -> Path:
     if target.exists():
-        old = target.with_name(f"{_TMP_PREFIX}old-{target.name}-{os.getpid()}")
+        old = target.with_name(f"{TMP_PREFIX}old-{target.name}-{os.getpid()}")
         os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
@@ -154,7 +145,7 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
         # renamed out of the way first: a kill during the deletion must not leave a half-deleted
         # directory under a step name, which would pass for complete (step_checkpoints); the
         # temporary name is cleaned up on the next start
-        trash = path.with_name(f"{_TMP_PREFIX}pruned-{path.name}-{os.getpid()}")
+        trash = path.with_name(f"{TMP_PREFIX}pruned-{path.name}-{os.getpid()}")
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -163,7 +154,7 @@ def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
     """Remove temporary directories left by a save that was killed; returns what was removed."""
     root = checkpoints_root(run_dir)
     removed = []
-    for path in sorted(root.glob(f"{_TMP_PREFIX}*")) if root.is_dir() else []:
+    for path in sorted(root.glob(f"{TMP_PREFIX}*")) if root.is_dir() else []:
         if not _restore_replaced(root, path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
@@ -173,7 +164,7 @@ def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
 def _restore_replaced(root: Path, path: Path) -> bool:
     """A kill between the two renames of ``_replace_dir`` leaves ``best``/``final`` only as its
     ``old-`` copy: put it back rather than delete the only copy."""
-    prefix = f"{_TMP_PREFIX}old-"
+    prefix = f"{TMP_PREFIX}old-"
     if not path.name.startswith(prefix):
         return False
     name = path.name[len(prefix):].rsplit("-", 1)[0]
@@ -185,28 +176,6 @@ def _restore_replaced(root: Path, path: Path) -> bool:
 
 # --------------------------------------------------------------------------- loading
 
-
-def step_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete step checkpoints, oldest first."""
-    root = checkpoints_root(run_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir()
-             if p.is_dir() and p.name.isdigit() and len(p.name) == 10 and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = step_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def read_train_state(path: Path) -> dict:
-    try:
-        return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise LmlabError(f"checkpoint {path} has an unreadable {STATE_FILE}: {err}. Fix: delete "
-                         "that checkpoint directory to resume from the previous one.") from None
 
 
 def load_model_weights(model: nn.Module, path: Path) -> None:
@@ -271,7 +240,7 @@ def load_optimizer(optimizer, path: Path) -> None:
 
 def _other_checkpoint_fix(checkpoint_dir: Path) -> str:
     """How to go on without a damaged checkpoint: delete it and resume from the one before."""
-    if checkpoint_dir.name.isdigit():
+    if is_step_name(checkpoint_dir.name):
         earlier = [p for p in step_checkpoints(checkpoint_dir.parent.parent)
                    if int(p.name) < int(checkpoint_dir.name)]
         then = (f"resume from checkpoint {earlier[-1].name}" if earlier else

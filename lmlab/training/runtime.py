@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -39,3 +40,14 @@ def resolve_runtime(device_name: str, precision: str) -> Runtime:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return Runtime(device, precision)
+
+
+def device_info(device: torch.device) -> dict:
+    """The machine a run trains on, for provenance.json (``runlog.write_provenance``)."""
+    info = {"device": str(device), "platform": platform.platform(), "cpu": platform.processor(),
+            "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda, gpu_count=torch.cuda.device_count())
+    return info

@@ -40,8 +40,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides
-from lmlab.training.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, checkpoints_root,
-                                       step_checkpoints, step_name)
+from lmlab.rundir import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, checkpoints_root, step_checkpoints,
+                          step_name)
 from lmlab.training.metrics import read_metrics
 
 TIMING = {"tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib"}
@@ -65,7 +65,7 @@ ZYGOTE = r"""
 import importlib, json, os, sys, traceback
 for name in ("torch", "numpy", "safetensors.torch", "lmlab.cli", "lmlab.preflight",
              "lmlab.training.loop", "lmlab.training.checkpoint", "lmlab.training.metrics",
-             "lmlab.data.pipeline", "lmlab.models.registry", "lmlab.evaluation.validation",
+             "lmlab.data.pipeline", "lmlab.models.registry", "lmlab.training.validation",
              "lmlab.reports.events", "lmlab.reports.provenance"):
     try:  # only a speed-up: whatever is missing is imported by the child itself
         importlib.import_module(name)

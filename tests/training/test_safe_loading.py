@@ -14,7 +14,8 @@ import torch
 from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides
 from lmlab.cli import main
 from lmlab.errors import LmlabError
-from lmlab.training.checkpoint import OPTIMIZER_FILE, load_optimizer
+from lmlab.rundir import OPTIMIZER_FILE
+from lmlab.training.checkpoint import load_optimizer
 
 
 class Payload:

@@ -14,10 +14,8 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
+from lmlab.data.loader import IGNORE_INDEX, split_window
 from lmlab.errors import Problem
-
-IGNORE_INDEX = -100
-
 
 @dataclass
 class ValidationConfig:
@@ -38,14 +36,6 @@ def check(cfg: ValidationConfig) -> list[Problem]:
             problems.append(Problem(f"eval.validation.{key}", f"must be >= 0, got {getattr(cfg, key)}.",
                                     f"set eval.validation.{key}=0"))
     return problems
-
-
-def split_window(batch: torch.Tensor, pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T+1) windows -> inputs (B, T) and targets (B, T); padding targets become IGNORE_INDEX."""
-    inputs, targets = batch[:, :-1], batch[:, 1:].clone()
-    if pad_id is not None:
-        targets[targets == pad_id] = IGNORE_INDEX
-    return inputs, targets
 
 
 @torch.no_grad()

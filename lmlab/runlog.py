@@ -1,9 +1,9 @@
-"""The run's event log, ``<run>/events.jsonl``: what ran, what failed and where, and the run's status.
+"""What a run did: its event log (``<run>/events.jsonl``) and its provenance (``provenance.json``).
 
 ``metrics.jsonl`` says how training went; this file says what *happened*: each invocation's start
 and end, the phases it went through (preflight, data, build, train, eval, report, ...), warnings,
 and for a failure the exception, the ``file:line`` that raised it and a traceback file under
-``<run>/errors/``. Reports and ``lmlab runs`` derive a run's status from it (``run_status``).
+``<run>/errors/``. Reports and ``lmlab runs`` derive a run's status from it (``reports.status``).
 
 Schema: one JSON object per line, always with ``event``, ``time`` (ISO 8601, UTC) and ``unix``
 (seconds since the epoch, for arithmetic). Events and their extra fields:
@@ -19,31 +19,32 @@ Schema: one JSON object per line, always with ``event``, ``time`` (ISO 8601, UTC
 
 Nothing secret is written: a value whose key names a credential is replaced, ``NAME=value``
 text whose NAME names one is masked, and the value of every environment variable whose name
-matches ``provenance.SECRET_NAME`` is masked wherever it appears (messages, tracebacks, info).
+matches ``SECRET_NAME`` is masked wherever it appears (messages, tracebacks, info).
 """
 from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import socket
+import subprocess
 import sys
 import time
 import traceback
 import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lmlab.reports.provenance import SECRET_NAME
+from lmlab.atomic import write_text
+from lmlab.rundir import ERRORS_DIR, EVENTS_FILE, PROVENANCE_FILE, read_json
 
-EVENTS_FILE = "events.jsonl"
-ERRORS_DIR = "errors"
+# Any command-line word or environment name that looks like it carries a credential.
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
 REDACTED = "<redacted>"
-# A run whose log and metrics have not changed for this long, and whose process cannot be seen,
-# is no longer running. Generous, because a training phase logs only every `logging.every` steps.
-STALE_AFTER_S = 900.0
 RUN_END_STATUSES = ("finished", "stopped early", "stopped", "preempted", "failed")
 
 # Dict keys name a credential when they *end* in a credential word ("api_key", "HF_TOKEN"), so that
@@ -53,7 +54,7 @@ _SECRET_KEY = re.compile(rf"(?:{SECRET_NAME.pattern}|CREDENTIALS)$", re.IGNORECA
 _SECRET_ASSIGNMENT = re.compile(
     rf"(?P<name>\b[\w.-]*(?:{SECRET_NAME.pattern}|CREDENTIALS)\b[\"']?\s*[=:]\s*)(?P<quote>[\"']?)"
     rf"(?P<value>[^\s\"',;]+)", re.IGNORECASE)
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../lmlab
+_PACKAGE_DIR = Path(__file__).resolve().parent  # .../lmlab
 
 
 # --------------------------------------------------------------------------- redaction
@@ -319,186 +320,59 @@ class EventLog:
             yield self
 
 
-# --------------------------------------------------------------------------- reading and status
+# --------------------------------------------------------------------------- provenance
+
+PACKAGES = ("lmlab", "torch", "numpy", "safetensors", "tokenizers", "pyyaml", "tqdm", "lm_eval",
+            "datasets", "matplotlib")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Every JSON object in a JSON-lines file; unparsable lines (a write cut off by a kill) are
-    skipped rather than failing the report of a run that died."""
+def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    out = []
-    for line in text.splitlines():
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_info() -> dict:
+    """Commit and dirty flag of the lmlab source tree (None outside a git checkout)."""
+    root = _PACKAGE_DIR.parent
+    sha = _git(["rev-parse", "HEAD"], root)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], root) if sha else None
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
         try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """Replace the value of any ``name=value`` word whose name looks like a credential."""
+    out = []
+    for word in argv:
+        name, sep, _ = word.partition("=")
+        out.append(f"{name}=<redacted>" if sep and SECRET_NAME.search(name) else word)
     return out
 
 
-def read_events(run_dir: str | Path) -> list[dict]:
-    return read_jsonl(Path(run_dir) / EVENTS_FILE)
-
-
-def last_update(run_dir: str | Path) -> float | None:
-    """Newest modification time of the files a live run keeps writing (unix seconds)."""
-    run_dir = Path(run_dir)
-    paths = [run_dir / EVENTS_FILE, run_dir / "metrics.jsonl", run_dir / "metrics.eval.jsonl",
-             run_dir / "checkpoints"]
-    times = [p.stat().st_mtime for p in paths if p.exists()]
-    return max(times) if times else None
-
-
-def run_status(run_dir: str | Path, now: float | None = None,
-               stale_after: float = STALE_AFTER_S) -> dict:
-    """Status of a run directory, from ``events.jsonl`` and (without events) its checkpoints.
-
-    Rules, applied to the events after the last ``run_start`` (one invocation of the command):
-
-    1. a ``run_end`` event: its ``status`` (finished | stopped early | stopped | preempted |
-       failed, the last with ``phase`` and ``exception``);
-    2. no ``run_end``, and the process is alive (same host, pid exists) or -- when that cannot
-       be checked (another host) -- some run file changed within ``stale_after`` seconds:
-       ``running`` (``phase`` = the phase still open);
-    3. no ``run_end`` and not running: ``failed`` if a phase failed, ``stopped``
-       if a phase ended by Ctrl-C, ``finished`` if the last checkpoint is marked
-       finished, else ``interrupted`` (killed without a trace: ``kill -9``, the OOM killer, a
-       lost node);
-    4. no events at all (a run from before the log existed): ``running`` if files changed within
-       ``stale_after``; ``finished`` / ``stopped early`` from a finished checkpoint; ``stopped``
-       at ``training.stop_at``; otherwise ``interrupted``.
-
-    Returns ``{status, rule, reason, phase, exception, attempts, started, ended, last_update}``:
-    ``rule`` names the rule that decided (run_end, alive, recent_files, failed_phase,
-    interrupted_phase, ckpt_finished, vanished, no_events_recent, no_events_finished,
-    no_events_stop_at, no_events_unknown); ``reason`` says it in English.
-    """
-    run_dir = Path(run_dir)
-    now = time.time() if now is None else now
-    updated = last_update(run_dir)
-    fresh = updated is not None and now - updated < stale_after
-    events = read_events(run_dir)
-    # Phase events written without run()/run_start still form one invocation.
-    starts = [i for i, e in enumerate(events) if e.get("event") == "run_start"] or ([0] if events else [])
-    base = {"phase": None, "exception": None, "attempts": len(starts), "started": None,
-            "ended": None, "last_update": _iso(updated)}
-    if not starts:
-        return {**base, **_status_without_events(run_dir, fresh, stale_after)}
-    attempt = events[starts[-1]:]
-    base["started"] = attempt[0].get("time")
-    end = next((e for e in reversed(attempt) if e.get("event") == "run_end"), None)
-    if end is not None:
-        status = end.get("status") or "finished"
-        extra = {"phase": end.get("phase"), "exception": end.get("exception")} if status == "failed" else {}
-        return {**base, **extra, "status": status, "ended": end.get("time"), "rule": "run_end",
-                "reason": f"run_end event with status '{status}'"}
-    alive = _process_alive(attempt[0])
-    if alive or (alive is None and fresh):
-        why = "its process is alive" if alive else f"files changed in the last {stale_after:.0f} s"
-        return {**base, "status": "running", "phase": _open_phase(attempt),
-                "rule": "alive" if alive else "recent_files",
-                "reason": f"no run_end event yet and {why}"}
-    return {**base, **_status_after_death(run_dir, attempt, alive, stale_after)}
-
-
-def _status_after_death(run_dir: Path, attempt: list[dict], alive: bool | None,
-                        stale_after: float) -> dict:
-    gone = "its process is gone" if alive is False else f"nothing changed for {stale_after:.0f} s"
-    ends = [e for e in attempt if e.get("event") == "phase_end"]
-    failed = next((e for e in reversed(ends) if e.get("status") == "failed"), None)
-    if failed is not None:
-        return {"status": "failed", "phase": failed.get("failed_in") or failed.get("phase"),
-                "exception": failed.get("exception"), "rule": "failed_phase",
-                "reason": f"phase '{failed.get('phase')}' failed and {gone} without a run_end event"}
-    hit = next((e for e in reversed(ends) if e.get("status") == "interrupted"), None)
-    if hit is not None:
-        return {"status": "stopped", "phase": hit.get("phase"), "rule": "interrupted_phase",
-                "reason": f"phase '{hit.get('phase')}' was interrupted (Ctrl-C); no run_end event"}
-    if _final_state(run_dir).get("finished"):  # killed after training ended (e.g. in a report)
-        return {"status": "finished", "rule": "ckpt_finished",
-                "reason": "no run_end event, but the last checkpoint is marked finished"}
-    return {"status": "interrupted", "phase": _open_phase(attempt), "rule": "vanished",
-            "reason": f"started, no run_end event, and {gone} (killed?)"}
-
-
-def _status_without_events(run_dir: Path, fresh: bool, stale_after: float) -> dict:
-    import yaml
-
-    state = _final_state(run_dir)
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError, yaml.YAMLError):
-        config = {}
-    epochs = int(config.get("epochs") or 0)
-    # Runs from before train_state.json had "finished": a step-mode run that reached its steps.
-    reached = not epochs and state.get("step", 0) >= int(config.get("steps") or 0) > 0
-    if state.get("finished") or reached:
-        done = max((int(m.get("epoch") or 0) for m in read_jsonl(run_dir / "metrics.jsonl")
-                    if "train/epoch_loss" in m), default=0)
-        status = "stopped early" if epochs and done < epochs else "finished"
-        return {"status": status, "rule": "no_events_finished",
-                "reason": "no events.jsonl; the last checkpoint is marked finished"}
-    if fresh:  # after the finished check: a run that ended seconds ago is not running
-        return {"status": "running", "rule": "no_events_recent",
-                "reason": f"no events.jsonl; files changed in the last {stale_after:.0f} s"}
-    stop_at = int((config.get("training") or {}).get("stop_at") or 0)
-    if state and stop_at and state.get("step") == stop_at:
-        return {"status": "stopped", "rule": "no_events_stop_at",
-                "reason": f"no events.jsonl; last checkpoint at training.stop_at={stop_at}"}
-    return {"status": "interrupted", "rule": "no_events_unknown",
-            "reason": f"no events.jsonl, no finished checkpoint and no change for {stale_after:.0f} s"}
-
-
-def _final_state(run_dir: Path) -> dict:
-    """train_state.json of the newest step checkpoint, else of checkpoints/final ({} if none).
-
-    The newest step first: after a resume with more steps, final/ still holds the old end."""
-    root = run_dir / "checkpoints"
-    candidates = []
-    if root.is_dir():
-        steps = sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-        candidates += steps[::-1]
-    candidates.append(root / "final")
-    for folder in candidates:
-        try:
-            return json.loads((folder / "train_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-    return {}
-
-
-def _process_alive(start: dict) -> bool | None:
-    """Whether the pid recorded at run_start still exists; None when it cannot be checked here."""
-    pid, host = start.get("pid"), start.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return None
-    return True
-
-
-def _open_phase(attempt: list[dict]) -> str | None:
-    """The most recently started phase that has not ended."""
-    open_phases: list[str] = []
-    for e in attempt:
-        if e.get("event") == "phase_start":
-            open_phases.append(e.get("phase"))
-        elif e.get("event") == "phase_end" and e.get("phase") in open_phases:
-            open_phases.remove(e.get("phase"))
-    return open_phases[-1] if open_phases else None
-
-
-def _iso(unix: float | None) -> str | None:
-    if unix is None:
-        return None
-    return datetime.fromtimestamp(unix, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+def write_provenance(run_dir: str | Path, argv: list[str], machine: dict, **facts: Any) -> dict:
+    """Write ``provenance.json`` for this invocation: time, command, git, versions, ``machine``
+    (``training.runtime.device_info``) and ``facts`` (model size, resumed step, ...). The
+    provenance of earlier invocations is kept under ``earlier_invocations``: a resume must not
+    erase how a run began. Returns what was written."""
+    path = Path(run_dir) / PROVENANCE_FILE
+    old = read_json(path)
+    earlier = old.pop("earlier_invocations", [])
+    earlier = ([*earlier, old] if isinstance(earlier, list) else [old]) if old else []
+    record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": redact_argv([Path(sys.argv[0]).name] + list(argv)),
+              "git": git_info(), "versions": package_versions(), "machine": machine, **facts,
+              "earlier_invocations": earlier}
+    write_text(path, json.dumps(record, indent=2))
+    return record
