@@ -8,7 +8,8 @@ trained run with ``--checkpoint``. Measured in one run:
   scored by ``lmlab.evaluation.harness.LmlabLM.loglikelihood``, lm-eval ``Instance`` objects in;
 * generation: greedy ``lmlab.evaluation.generation.generate`` on equal-length prompts, batched;
   then the same decoding one prompt at a time, cached (``generate``) against uncached
-  (``greedy_uncached``: a full forward over the growing sequence per token), and their ratio.
+  (this script's ``greedy_uncached``: a full forward over the growing sequence per token), and their
+  ratio.
 
     python benchmarks/bench_eval.py [--device cpu --threads 2 --checkpoint runs/quickstart --json]
 
@@ -35,10 +36,11 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from lmlab.config import load_config  # noqa: E402
 from lmlab.data.tokenizers import train_tokenizer  # noqa: E402
-from lmlab.evaluation.generation import encode_prompt, generate, greedy_uncached  # noqa: E402
+from lmlab.evaluation.generation import encode_prompt, eval_mode, generate, model_device  # noqa: E402
 from lmlab.evaluation.harness import LmlabLM  # noqa: E402
-from lmlab.evaluation.loading import load_for_eval  # noqa: E402
+from lmlab.evaluation.loading import load_for_eval, saved_config_file  # noqa: E402
 from lmlab.models.registry import build_model, resolve_model_config  # noqa: E402
+from lmlab.rundir import resolve_checkpoint  # noqa: E402
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 PIQA = ROOT.parent / "shared" / "data" / "piqa" / "valid.jsonl"
@@ -47,7 +49,9 @@ PIQA = ROOT.parent / "shared" / "data" / "piqa" / "valid.jsonl"
 def load_model(checkpoint: str | None, device: torch.device):
     """(model in eval mode, tokenizer, description): a trained run, or the quickstart model at random init."""
     if checkpoint:
-        run = load_for_eval(checkpoint, device)
+        checkpoint_dir, run_dir = resolve_checkpoint(checkpoint)
+        run = load_for_eval(checkpoint_dir, run_dir, load_config(saved_config_file(checkpoint_dir, run_dir)),
+                            device)
         return run.model, run.tokenizer, f"checkpoint {run.checkpoint_dir} (step {run.step})"
     cfg = load_config(QUICKSTART)
     torch.manual_seed(cfg.seed)
@@ -129,6 +133,16 @@ def time_generate(model, tokenizer, prompts: list[str], max_tokens: int,
         texts = generate(model, tokenizer, prompts, max_tokens=max_tokens, seed=0, batch_size=batch_size)
         elapsed = time.perf_counter() - start
     return elapsed, counter.tokens, texts
+
+
+def greedy_uncached(model, ids: list[int], n: int) -> list[int]:
+    """The uncached baseline: re-runs ``forward`` on the whole growing sequence for every token."""
+    seq = list(ids)
+    with eval_mode(model):
+        for _ in range(n):
+            logits = model(torch.tensor([seq], dtype=torch.long, device=model_device(model)))
+            seq.append(int(logits[0, -1].argmax()))
+    return seq[len(ids):]
 
 
 def time_uncached(model, tokenizer, prompts: list[str], max_tokens: int) -> tuple[float, int, list[str]]:

@@ -20,14 +20,15 @@ from typing import Any
 
 import yaml
 
+from lmlab.atomic import write_text
 from lmlab.data.sources import DataConfig
 from lmlab.errors import ConfigError, Problem, did_you_mean
 from lmlab.evaluation.config import EvalConfig
 from lmlab.models.registry import DEFAULT_MODEL, MODELS, model_config_class
 from lmlab.training.checkpoint import CheckpointConfig
-from lmlab.training.loop import TrainingConfig
 from lmlab.training.metrics import LoggingConfig
-from lmlab.training.optim import OptimConfig
+from lmlab.training.optim import OptimConfig, scaled_lr
+from lmlab.training.step import TrainingConfig
 
 
 def _model_field_class(raw: Any) -> type | None:
@@ -268,10 +269,17 @@ def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def finalize_config(cfg: RunConfig) -> RunConfig:
+    """Derived settings written back into the resolved config (the effective lr of a scaling rule),
+    so that config.yaml, checkpoints and reports show the value that was trained with."""
+    lr = scaled_lr(cfg.optim, cfg.data.batch_size)
+    if lr == cfg.optim.lr:
+        return cfg
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
+
+
 def dump_config(cfg: RunConfig, path: Path) -> None:
     """Write the resolved config as YAML (readable, and loadable again by ``load_config``)."""
-    from lmlab.atomic import write_text
-
     write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
 
 

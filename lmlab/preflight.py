@@ -18,7 +18,7 @@ from lmlab.data import sources, tokenizers
 from lmlab.errors import ConfigError, Problem
 from lmlab.evaluation import config as eval_config
 from lmlab.models import registry
-from lmlab.training import checkpoint, distributed, loop, metrics, optim
+from lmlab.training import checkpoint, distributed, metrics, optim, step
 
 
 def load_and_check(path, overrides: list[str] = ()) -> RunConfig:
@@ -43,7 +43,7 @@ def preflight_problems(cfg: RunConfig) -> list[Problem]:
     problems += checkpoint.check(cfg.checkpoint)
     problems += metrics.check(cfg.logging)
     problems += eval_config.check(cfg.eval)
-    problems += loop.check(cfg.training)
+    problems += step.check(cfg.training)
     return problems
 
 

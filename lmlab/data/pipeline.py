@@ -1,4 +1,8 @@
-"""From a RunConfig to ready data: the tokenizer, the training batches and the validation batches."""
+"""From a RunConfig to ready data: the tokenizer, the training batches and the validation batches.
+
+``build_data`` is what training needs; ``build_validation`` is its validation part alone, for
+evaluating a saved run with its saved tokenizer without reading (or tokenizing) any training text.
+"""
 from __future__ import annotations
 
 import itertools
@@ -10,8 +14,15 @@ import torch
 
 from lmlab.data import loader, sources, wikitext
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
+from lmlab.errors import LmlabError
+from lmlab.rundir import TOKENIZER_FILE
 
-TOKENIZER_FILE = "tokenizer.json"
+
+@dataclass
+class ValidationData:
+    batches: Callable[[], Iterable[torch.Tensor]]  # tokenized on the first call, reused after
+    byte_lengths: torch.Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
+    pad_id: int | None
 
 
 @dataclass
@@ -40,8 +51,6 @@ def prepare_tokenizer(cfg, run_dir: Path, texts: Callable[[], Iterable[str]]) ->
 def _check_same_tokenizer(cfg, tokenizer: Tokenizer, saved: Path) -> None:
     """A run keeps the tokenizer it started with (its checkpoints' embeddings index that vocabulary):
     a config asking for another one is refused rather than silently ignored."""
-    from lmlab.errors import LmlabError
-
     new_run = "or use a new dump_dir to start a run with the other tokenizer"
     if cfg.path:
         wanted = load_tokenizer(Path(cfg.path))
@@ -58,53 +67,51 @@ def _check_same_tokenizer(cfg, tokenizer: Tokenizer, saved: Path) -> None:
 
 
 def build_data(cfg, run_dir: Path) -> RunData:
-    if cfg.data.source == "wikitext2":
-        return build_sequence_data(cfg, run_dir)
+    """Tokenizer, training loader and validation batches of run config ``cfg``."""
     data = cfg.data
-    train_sources = sources.training_sources(data)
-    tokenizer = prepare_tokenizer(
-        data.tokenizer, run_dir, lambda: itertools.chain.from_iterable(s.texts() for s in train_sources))
-    train = loader.PackedLoader(train_sources, tokenizer, data.batch_size, data.seq_len, cfg.seed,
-                                data.shuffle)
-    return RunData(tokenizer, train, _cached_validation(cfg, tokenizer), cfg.steps,
-                   torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.float64), tokenizer.pad_id)
+    steps_per_epoch = 0
+    if data.source == "wikitext2":
+        # epoch mode (or step mode over epochs) on fixed (N, seq_len) word sequences
+        train_lines = wikitext.read_split_lines(data.path, data.train_split)
+        tokenizer = prepare_tokenizer(data.tokenizer, run_dir, lambda: train_lines)
+        train = wikitext.SequenceLoader(wikitext.build_sequences(train_lines, tokenizer, data.seq_len),
+                                        data.batch_size, cfg.seed, data.shuffle)
+        steps_per_epoch = train.batches_per_epoch
+        total = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.steps
+    else:
+        train_sources = sources.training_sources(data)
+        tokenizer = prepare_tokenizer(
+            data.tokenizer, run_dir,
+            lambda: itertools.chain.from_iterable(s.texts() for s in train_sources))
+        train = loader.PackedLoader(train_sources, tokenizer, data.batch_size, data.seq_len, cfg.seed,
+                                    data.shuffle)
+        total = cfg.steps
+    val = build_validation(cfg, tokenizer)
+    return RunData(tokenizer, train, val.batches, total, val.byte_lengths, val.pad_id, steps_per_epoch)
 
 
-def _cached_validation(cfg, tokenizer: Tokenizer) -> Callable[[], Iterable[torch.Tensor]]:
-    """Validation windows are tokenized once, on first use, and reused at every validation."""
-    cache: list[torch.Tensor] = []
+def build_validation(cfg, tokenizer: Tokenizer) -> ValidationData:
+    """Validation batches of run config ``cfg`` encoded with ``tokenizer``; reads validation text only.
+
+    Nothing is read until the first call of ``batches()``; the tokenized windows are then kept and
+    reused at every validation. ``eval.validation.max_steps`` caps the batches (0: all of them).
+    """
+    data = cfg.data
     budget = cfg.eval.validation.max_steps
+    limit = budget * data.batch_size if budget else None
+    cache: list[torch.Tensor] = []
+
+    def windows() -> torch.Tensor:
+        if data.source == "wikitext2":
+            lines = wikitext.read_split_lines(data.path, data.val_split)
+            return wikitext.build_sequences(lines, tokenizer, data.seq_len)[:limit]
+        return loader.validation_windows(sources.validation_sources(data), tokenizer, data.seq_len,
+                                         limit)
 
     def batches() -> Iterable[torch.Tensor]:
         if not cache:
-            windows = loader.validation_windows(sources.validation_sources(cfg.data), tokenizer,
-                                                cfg.data.seq_len,
-                                                budget * cfg.data.batch_size if budget else None)
-            cache.append(windows)
-        return loader.fixed_batches(cache[0], cfg.data.batch_size)
+            cache.append(windows())
+        return loader.fixed_batches(cache[0], data.batch_size)
 
-    return batches
-
-
-def build_sequence_data(cfg, run_dir: Path) -> RunData:
-    """WikiText-2 word sequences: fixed (N, seq_len) tensors, epoch mode (or step mode over epochs)."""
-    data = cfg.data
-    train_lines = wikitext.read_split_lines(data.path, data.train_split)
-    tokenizer = prepare_tokenizer(data.tokenizer, run_dir, lambda: train_lines)
-    train = wikitext.SequenceLoader(wikitext.build_sequences(train_lines, tokenizer, data.seq_len),
-                                    data.batch_size, cfg.seed, data.shuffle)
-    val_cache: list[torch.Tensor] = []
-
-    def val_batches() -> Iterable[torch.Tensor]:
-        if not val_cache:
-            lines = wikitext.read_split_lines(data.path, data.val_split)
-            sequences = wikitext.build_sequences(lines, tokenizer, data.seq_len)
-            budget = cfg.eval.validation.max_steps
-            val_cache.append(sequences[: budget * data.batch_size] if budget else sequences)
-        return loader.fixed_batches(val_cache[0], data.batch_size)
-
-    steps_per_epoch = train.batches_per_epoch
-    total = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.steps
-    return RunData(tokenizer, train, val_batches, total,
-                   torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.float64), tokenizer.pad_id,
-                   steps_per_epoch)
+    byte_lengths = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.float64)
+    return ValidationData(batches, byte_lengths, tokenizer.pad_id)

@@ -13,7 +13,6 @@ validation split gives exactly 5,272 sequences; the train split gives 51,026 in 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

@@ -108,16 +108,6 @@ def generate_tokens(model, prompts: Sequence[Sequence[int]], steps: int, tempera
     return out
 
 
-def greedy_uncached(model, ids: Sequence[int], n: int) -> list[int]:
-    """Reference greedy decoding: re-runs ``forward`` on the whole growing sequence for every token."""
-    seq = list(ids)
-    with eval_mode(model):
-        for _ in range(n):
-            logits = model(torch.tensor([seq], dtype=torch.long, device=model_device(model)))
-            seq.append(int(logits[0, -1].argmax()))
-    return seq[len(ids):]
-
-
 class _RowText:
     """One row's decoded output: finds stop strings and streams only text that can no longer change."""
 

@@ -1,29 +1,31 @@
-"""Load a trained model for evaluation or generation: from a run directory or one checkpoint.
+"""Load a trained model for evaluation or generation from one checkpoint of a run.
 
-A run directory resolves to ``checkpoints/final`` when it exists, else to the newest complete step
-checkpoint. The model is rebuilt from the resolved model config stored in the checkpoint's
+The caller resolves the checkpoint (``rundir.resolve_checkpoint``) and loads the run's config
+(``saved_config_file`` says where it is): the config layer sits above evaluation, so the apps load
+it. The model is rebuilt from the resolved model config stored in the checkpoint's
 ``train_state.json`` (vocab_size and max_seq_len already filled in), so evaluation never depends on
 re-deriving sizes from the data; older checkpoints without that entry fall back to the run's
-``config.yaml`` resolved with the saved tokenizer.
+config resolved with the saved tokenizer.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lmlab.config import RunConfig, load_config
-from lmlab.data.pipeline import TOKENIZER_FILE
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.models.registry import MODELS, build_model, model_config_class, resolve_model_config
-from lmlab.training.checkpoint import (MODEL_FILE, STATE_FILE, checkpoints_root, latest_checkpoint,
-                                       load_model_weights, read_train_state)
+from lmlab.rundir import (CONFIG_FILE, MODEL_FILE, STATE_FILE, TOKENIZER_FILE, is_checkpoint,
+                          read_train_state)
+from lmlab.training.checkpoint import load_model_weights
+from lmlab.training.runtime import resolve_device
 
-CONFIG_FILE = "config.yaml"
+if TYPE_CHECKING:
+    from lmlab.config import RunConfig
 
 
 @dataclass
@@ -42,39 +44,21 @@ class LoadedRun:
         return next(self.model.parameters()).device
 
 
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """(checkpoint dir, run dir) for a run directory or a checkpoint directory."""
-    p = Path(path)
-    if not p.exists():
-        raise LmlabError(f"{p} does not exist. Fix: pass a run directory (the dump_dir of a training "
-                         "run) or one of its checkpoints/<step> directories.")
-    if (p / STATE_FILE).is_file() or (p / MODEL_FILE).is_file():
-        # <run>/checkpoints/<name>/ -> the run is two levels up
-        return p, p.parent.parent
-    if (p / CONFIG_FILE).is_file() or checkpoints_root(p).is_dir():
-        final = checkpoints_root(p) / "final"
-        if (final / STATE_FILE).is_file():
-            return final, p
-        newest = latest_checkpoint(p)
-        if newest is None:
-            raise LmlabError(f"{p} has no complete checkpoint under {checkpoints_root(p)}. Fix: train "
-                             f"the run first (lmlab train ... dump_dir={p}) or pass a checkpoint dir.")
-        return newest, p
-    raise LmlabError(f"{p} is neither a run directory (no {CONFIG_FILE}, no checkpoints/) nor a "
-                     f"checkpoint directory (no {STATE_FILE}). Fix: pass the dump_dir of a training run "
-                     "or one of its checkpoints/<step> directories.")
-
-
-def load_for_eval(path: str | Path, device: str | torch.device = "cpu",
-                  overrides: list[str] = ()) -> LoadedRun:
-    """Model (eval mode, on ``device``), tokenizer and config of the run or checkpoint at ``path``;
-    ``overrides`` (``eval.limit=10`` ...) apply to the run's saved config."""
-    ckpt, run_dir = resolve_checkpoint(path)
-    config_file = run_dir / CONFIG_FILE
+def saved_config_file(checkpoint_dir: Path, run_dir: Path) -> Path:
+    """The run's ``config.yaml``, without which a checkpoint cannot be interpreted."""
+    config_file = Path(run_dir) / CONFIG_FILE
     if not config_file.is_file():
-        raise LmlabError(f"{config_file} is missing, so the checkpoint {ckpt} cannot be interpreted. "
-                         "Fix: keep checkpoints inside their run directory (<run>/checkpoints/<step>).")
-    cfg = load_config(config_file, overrides)
+        raise LmlabError(f"{config_file} is missing, so the checkpoint {checkpoint_dir} cannot be "
+                         "interpreted. Fix: keep checkpoints inside their run directory "
+                         "(<run>/checkpoints/<step>).")
+    return config_file
+
+
+def load_for_eval(checkpoint_dir: Path, run_dir: Path, cfg: RunConfig,
+                  device: str | torch.device = "cpu") -> LoadedRun:
+    """Model (eval mode, on ``device``; ``auto`` allowed) and tokenizer of ``checkpoint_dir``, a
+    checkpoint of ``run_dir``, whose saved config (with any overrides) is ``cfg``."""
+    ckpt, run_dir = Path(checkpoint_dir), Path(run_dir)
     tok_file = run_dir / TOKENIZER_FILE
     if not tok_file.is_file():
         raise LmlabError(f"{tok_file} is missing: the model's vocabulary is unknown. Fix: copy the "
@@ -82,12 +66,12 @@ def load_for_eval(path: str | Path, device: str | torch.device = "cpu",
     tokenizer = load_tokenizer(tok_file)
     if not (ckpt / MODEL_FILE).is_file():
         raise LmlabError(f"{ckpt / MODEL_FILE} is missing. Fix: pass another checkpoint of the run.")
-    state = read_train_state(ckpt) if (ckpt / STATE_FILE).is_file() else {}
+    state = read_train_state(ckpt) if is_checkpoint(ckpt) else {}
     model_cfg = _model_config(state.get("model"), cfg, tokenizer, ckpt)
     _check_tokenizer_fits(tokenizer, tok_file, cfg, model_cfg, ckpt)
     model = build_model(model_cfg)
     load_model_weights(model, ckpt)
-    model.to(_device(device)).eval()
+    model.to(resolve_device(str(device))).eval()
     return LoadedRun(model, tokenizer, cfg, ckpt, run_dir, state.get("step"))
 
 
@@ -102,7 +86,7 @@ def _check_tokenizer_fits(tokenizer: Tokenizer, tok_file: Path, cfg: RunConfig, 
             f"{tok_file} does not match checkpoint {ckpt}: it is a {tokenizer.name} tokenizer with "
             f"{tokenizer.vocab_size} ids, but the run was trained with a {kind} tokenizer"
             f"{f' and the model has {vocab} ids' if vocab else ''}. Fix: restore the run's own "
-            f"tokenizer.json (the one written when it started training), or evaluate a checkpoint "
+            f"{TOKENIZER_FILE} (the one written when it started training), or evaluate a checkpoint "
             "of the run this tokenizer belongs to.")
 
 
@@ -123,9 +107,3 @@ def _model_config(saved: dict | None, cfg: RunConfig, tokenizer: Tokenizer, ckpt
         raise LmlabError(f"{ckpt / STATE_FILE} has model keys this lmlab does not know: {unknown}. "
                          "Fix: evaluate with the lmlab version that trained the checkpoint.")
     return cls(**saved)
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

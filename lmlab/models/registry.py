@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
+import torch
+
 from lmlab.errors import Problem
 from lmlab.models.context_vector import ContextVectorConfig, ContextVectorLM
 from lmlab.models.protocol import LanguageModel
@@ -47,10 +49,17 @@ def build_model(cfg: Any) -> LanguageModel:
 
 def build_on_meta(cfg: Any) -> LanguageModel:
     """The model with shapes but no storage: instant, for parameter counts and shape checks."""
-    import torch
-
     with torch.device("meta"):
         return build_model(cfg)
+
+
+def model_size(model: LanguageModel, cfg: Any, seq_len: int, batch_size: int) -> dict:
+    """The size facts ``lmlab info`` prints, training records in provenance.json ("model_size")
+    and reports show: parameters, training FLOPs per token (with the formula's name), tokens per step."""
+    flops, formula = model.flops_per_token(seq_len)
+    return {"model": cfg.name, "params": model.num_params(), "flops_per_token": int(flops),
+            "formula": formula, "vocab_size": getattr(cfg, "vocab_size", None), "seq_len": seq_len,
+            "tokens_per_step": batch_size * seq_len}
 
 
 def check(cfg: Any, vocab_size: int, seq_len: int) -> list[Problem]:

@@ -1,26 +1,24 @@
 """Reading run directories: one run's files and summary (``load_run``, ``summarize``), and every
 run under a folder (``list_runs``, ``format_runs_table``, behind ``lmlab runs``).
 
-A run directory is a folder holding ``events.jsonl``, or ``config.yaml`` together with
-``metrics.jsonl`` or ``checkpoints/``. The event log alone is enough so that a run which failed
-before writing its config (e.g. in preflight) is still listed, as failed.
+What counts as a run directory, and every file name in it, is ``lmlab.rundir``'s: a run that
+failed before writing its config (e.g. in preflight) has an event log, so it is still listed.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-import yaml
+from lmlab import humanize, rundir
+from lmlab.reports.status import run_status
 
-from lmlab.reports.events import EVENTS_FILE, last_update, read_jsonl, run_status
-
-# Folders inside a run that never hold runs themselves: not descended into by list_runs.
-_RUN_SUBDIRS = {"checkpoints", "plots", "errors"}
+# The provenance key under which training records the model's size (see ``Run.model_size``).
+MODEL_SIZE = "model_size"
 
 
 @dataclass
@@ -53,6 +51,13 @@ class Run:
         """Epoch mode: one ``train/epoch_loss`` line per finished epoch."""
         return [m for m in self.metrics if "train/epoch_loss" in m]
 
+    @property
+    def model_size(self) -> dict | None:
+        """Parameters, FLOPs per token (and its formula), vocabulary, sequence length and tokens
+        per step, as training recorded them in its provenance; None for a run that did not."""
+        size = self.provenance.get(MODEL_SIZE)
+        return size if isinstance(size, dict) and size else None
+
     def get(self, dotted: str, default=None):
         """A config value by dotted key (``optim.lr``)."""
         node = self.config
@@ -63,35 +68,14 @@ class Run:
         return node
 
 
-def is_run_dir(path: Path) -> bool:
-    if (path / EVENTS_FILE).is_file():
-        return True
-    return (path / "config.yaml").is_file() and (
-        (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir())
-
-
 def load_run(run_dir: str | Path, now: float | None = None) -> Run:
     run_dir = Path(run_dir)
-    return Run(path=run_dir, config=_read_yaml(run_dir / "config.yaml"),
-               provenance=_read_json(run_dir / "provenance.json"),
-               metrics=read_jsonl(run_dir / "metrics.jsonl"), events=read_jsonl(run_dir / EVENTS_FILE),
-               evals=read_jsonl(run_dir / "metrics.eval.jsonl"), status=run_status(run_dir, now=now))
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return Run(path=run_dir, config=rundir.read_config(run_dir),
+               provenance=rundir.read_json(run_dir / rundir.PROVENANCE_FILE),
+               metrics=rundir.read_jsonl(run_dir / rundir.METRICS_FILE),
+               events=rundir.read_jsonl(run_dir / rundir.EVENTS_FILE),
+               evals=rundir.read_jsonl(run_dir / rundir.EVAL_METRICS_FILE),
+               status=run_status(run_dir, now=now))
 
 
 # --------------------------------------------------------------------------- summary
@@ -143,15 +127,13 @@ def duration(run: Run, now: float | None = None) -> tuple[float | None, bool]:
             total += max(0.0, end - attempt[0].get("unix", end))
         return total, False
     started = _parse_time(run.provenance.get("time"))
-    updated = last_update(run.path)
+    updated = rundir.last_update(run.path)
     if started is None or updated is None:
         return None, True
     return max(0.0, updated - started), True
 
 
 def _parse_time(text) -> float | None:
-    from datetime import datetime
-
     if not isinstance(text, str):
         return None
     try:
@@ -183,21 +165,11 @@ def list_runs(root: str | Path, now: float | None = None) -> list[dict]:
     rows = []
     for folder, subdirs, _ in os.walk(root):
         path = Path(folder)
-        if is_run_dir(path):
+        if rundir.is_run_dir(path):
             rows.append(summarize(load_run(path, now=now), root))
-            subdirs[:] = [d for d in subdirs if d not in _RUN_SUBDIRS]
+            subdirs[:] = [d for d in subdirs if d not in rundir.RUN_SUBDIRS]
         subdirs.sort()
     return sorted(rows, key=lambda r: r["last_update"] or "", reverse=True)
-
-
-def format_duration(seconds: float | None) -> str:
-    """``1h02m``, ``4m05s``, ``12s``; ``-`` when unknown."""
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def format_runs_table(rows: list[dict]) -> str:
@@ -211,7 +183,7 @@ def format_runs_table(rows: list[dict]) -> str:
         planned = f"/{r['planned']}" if r["planned"] else ""
         best = f"{r['best_val_loss']:.4f}" if r["best_val_loss"] is not None else "-"
         took = ("~" if r["duration_approx"] and r["duration_s"] is not None else "") + \
-            format_duration(r["duration_s"])
+            humanize.duration(r["duration_s"])
         lines.append((r["name"], r["model"] or "-", status or "-", f"{r['done']}{planned} {r['unit']}",
                       best, took, (r["last_update"] or "-").replace("T", " ")))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]

@@ -12,15 +12,6 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main_process() -> bool:
-    """Only the main process writes the run directory and prints."""
-    return rank() == 0
-
-
 def check_single_process() -> str | None:
     """A problem message when launched with several processes (not supported yet), else None."""
     if world_size() > 1:

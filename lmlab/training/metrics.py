@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import resource
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
@@ -71,6 +68,9 @@ class LoggingConfig:
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig, metadata={
         "help": "TensorBoard sink (numeric metrics as scalars)."})
 
+    def due(self, step: int, total: int) -> bool:
+        return step % self.every == 0 or step == total
+
 
 def check(cfg: LoggingConfig) -> list[Problem]:
     problems = []
@@ -120,12 +120,6 @@ def package_installed(name: str) -> bool:
         return False
 
 
-class MetricsSink(Protocol):
-    def log(self, metrics: dict, step: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class JsonlSink:
     """Appends one JSON object per call; flushed at once so a killed run loses nothing logged."""
 
@@ -156,12 +150,6 @@ def _logged_by(line: str, last_step: int) -> bool:
         return json.loads(line).get("step", 0) <= last_step
     except ValueError:
         return False
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        return []
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
 
 
 # --------------------------------------------------------------------------- throughput and memory
@@ -196,45 +184,3 @@ def throughput(tokens: int, seconds: float, flops_per_token: int, peak: float | 
     flops_per_s = tokens_per_s * flops_per_token
     return {"tokens_per_s": tokens_per_s, "flops_per_s": flops_per_s,
             "mfu": flops_per_s / peak if peak else None}
-
-
-# --------------------------------------------------------------------------- console
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def format_train_line(m: dict, total_steps: int, eta_s: float) -> str:
-    mfu = f" | mfu {100 * m['mfu']:.1f}%" if m.get("mfu") is not None else ""
-    return (f"step {m['step']:>6}/{total_steps} | loss {m['loss']:.4f} | gnorm {m['grad_norm']:.3f}"
-            f" | lr {m['lr']:.2e} | {_si(m['tokens_per_s'])}tok/s | {_si(m['flops_per_s'])}FLOP/s{mfu}"
-            f" | data {100 * m['data_time_frac']:.0f}% | mem {m['mem_peak_gib']:.2f}GiB"
-            f" | eta {format_duration(eta_s)}")
-
-
-def format_val_line(step: int, m: dict, epoch: int | None = None) -> str:
-    where = f"epoch {epoch} " if epoch is not None else ""
-    return (f"{where}step {step} | val loss {m['val/loss']:.4f} | ppl {m['val/ppl']:.2f} | "
-            f"bpb {m['val/bpb']:.4f} | acc {100 * m['val/acc']:.2f}% | {m['val/tokens']} tokens")
-
-
-def _si(value: float) -> str:
-    if not math.isfinite(value):
-        return str(value)
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{unit}"
-    return f"{value:.1f}"
-
-
-class ConsoleSink:
-    """Human-readable lines on stdout, printed above the progress bar if there is one."""
-
-    def __init__(self, write=None):
-        self._write = write or (lambda line: print(line, file=sys.stdout, flush=True))
-
-    def line(self, text: str) -> None:
-        self._write(text)

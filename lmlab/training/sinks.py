@@ -6,7 +6,7 @@ while training and the JSON lines go on. Each optional package is imported only 
 (``metrics.check`` has already reported a selected one that is missing, with its pip install).
 
 Secrets: W&B reads ``WANDB_API_KEY`` from the environment itself; lmlab never passes it. The config
-sent to W&B is redacted (``reports.events.redact``), and W&B's collectors that copy the process's
+sent to W&B is redacted (``runlog.redact``), and W&B's collectors that copy the process's
 surroundings to disk (console capture, system metadata with the command line, git state,
 requirements, code) are switched off, so nothing secret lands in ``<run>/wandb``.
 """
@@ -16,7 +16,8 @@ import secrets
 import warnings
 from pathlib import Path
 
-from lmlab.reports.events import redact, redact_text
+from lmlab.rundir import METRICS_FILE
+from lmlab.runlog import redact, redact_text
 from lmlab.training.metrics import JsonlSink, LoggingConfig, TensorBoardConfig, WandbConfig
 
 WANDB_ID_FILE = "wandb_run_id.txt"
@@ -34,7 +35,7 @@ def build_sinks(logging_cfg: LoggingConfig, run_dir: Path, run_name: str, config
     ``config_dict`` is the resolved run config (``config.config_to_dict``); it is redacted here.
     """
     run_dir = Path(run_dir)
-    sinks = MetricSinks(JsonlSink(run_dir / "metrics.jsonl"))
+    sinks = MetricSinks(JsonlSink(run_dir / METRICS_FILE))
     if logging_cfg.wandb.mode != "disabled":
         sinks.start("W&B", lambda: WandbSink(logging_cfg.wandb, run_dir, run_name, config_dict))
     if logging_cfg.tensorboard.enabled:

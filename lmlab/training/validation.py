@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lmlab.data.loader import IGNORE_INDEX, split_window
 from lmlab.errors import Problem
 
+
 @dataclass
 class ValidationConfig:
     """Validation on held-out text during and after training."""
@@ -27,6 +28,10 @@ class ValidationConfig:
         "help": "Validate every this many steps (0: only at the end; epoch mode: every epoch)."})
     max_steps: int = field(default=0, metadata={
         "help": "Use at most this many validation batches (0: the whole validation set)."})
+
+    def due(self, step: int, total: int) -> bool:
+        """Step mode: every ``every`` steps and at the end (epoch mode validates at each epoch end)."""
+        return self.enabled and (step == total or (self.every > 0 and step % self.every == 0))
 
 
 def check(cfg: ValidationConfig) -> list[Problem]:

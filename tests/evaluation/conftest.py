@@ -1,13 +1,21 @@
-"""Tiny random models for the evaluation tests (a peaked init, so argmax decisions are never near-ties)."""
+"""Tiny random models for the evaluation tests (a peaked init, so argmax decisions are never near-ties),
+the uncached greedy reference decoder, and loading a run the way the apps do."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
 
 import pytest
 import torch
 
 from helpers import toy_texts
+from lmlab.config import load_config
 from lmlab.data.tokenizers import ByteTokenizer, WordTokenizer
+from lmlab.evaluation.generation import eval_mode, model_device
+from lmlab.evaluation.loading import LoadedRun, load_for_eval, saved_config_file
 from lmlab.models.context_vector import ContextVectorConfig, ContextVectorLM
 from lmlab.models.transformer import Transformer, TransformerConfig
+from lmlab.rundir import resolve_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -18,6 +26,34 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def reference_greedy(model, ids: Sequence[int], n: int) -> list[int]:
+    """Reference greedy decoding: re-runs ``forward`` on the whole growing sequence for every token
+    (what cached decoding through ``step`` must reproduce)."""
+    seq = list(ids)
+    with eval_mode(model):
+        for _ in range(n):
+            logits = model(torch.tensor([seq], dtype=torch.long, device=model_device(model)))
+            seq.append(int(logits[0, -1].argmax()))
+    return seq[len(ids):]
+
+
+@pytest.fixture(scope="session")
+def greedy_uncached():
+    return reference_greedy
+
+
+def load_run(path: str | Path, overrides: list[str] = (), device: str = "cpu") -> LoadedRun:
+    """A run or checkpoint directory loaded as ``lmlab eval`` / ``lmlab generate`` load it."""
+    checkpoint_dir, run_dir = resolve_checkpoint(path)
+    cfg = load_config(saved_config_file(checkpoint_dir, run_dir), list(overrides))
+    return load_for_eval(checkpoint_dir, run_dir, cfg, device)
+
+
+@pytest.fixture(scope="session")
+def load():
+    return load_run
 
 
 def _peaked(model, std: float):

@@ -10,8 +10,7 @@ import pytest
 from helpers import CONFIGS, SHARED_DATA, TINY_TRANSFORMER, data_overrides
 from lmlab.cli import main
 from lmlab.evaluation.generation import generate
-from lmlab.evaluation.loading import load_for_eval
-from lmlab.reports.events import read_events, run_status
+from lmlab.reports.status import read_events, run_status
 from lmlab.reports.run_report import write_report
 
 TINY = [*TINY_TRANSFORMER, "data.seq_len=64", "steps=6", "checkpoint.every=3", "eval.validation.every=3"]
@@ -76,11 +75,11 @@ def test_eval_command_refuses_unknown_task_before_loading(trained, capsys):
     assert "eval.tasks" in err and "Did you mean 'piqa'" in err and "Traceback" not in err
 
 
-def test_generate_streams_the_same_text_as_generate(trained, capsys):
+def test_generate_streams_the_same_text_as_generate(trained, capsys, load):
     args = ["generate", str(trained), "--prompt", "the cat", "--max-tokens", "12", "--seed", "3"]
     assert main(args) == 0
     greedy = capsys.readouterr().out
-    loaded = load_for_eval(trained)
+    loaded = load(trained)
     assert greedy == "the cat" + generate(loaded.model, loaded.tokenizer, ["the cat"], 12)[0] + "\n"
     assert main([*args, "--temperature", "0.9", "--top-p", "0.8"]) == 0
     sampled = capsys.readouterr().out

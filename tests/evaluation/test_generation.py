@@ -4,12 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlab.evaluation.generation import (eval_mode, fit_prompt, generate, generate_tokens,
-                                         greedy_uncached, sample_next)
+from lmlab.evaluation.generation import eval_mode, fit_prompt, generate, generate_tokens, sample_next
 
 
 @pytest.mark.parametrize("family", ["transformer", "context_vector"])
-def test_cached_greedy_equals_uncached(family, request):
+def test_cached_greedy_equals_uncached(family, request, greedy_uncached):
     model = request.getfixturevalue(family)
     tokenizer = request.getfixturevalue("byte_tok" if family == "transformer" else "word_tok")
     prompts = [[tokenizer.bos_id] + tokenizer.encode(t) for t in ("the cat sat on a", "a dog ran far and")]
@@ -22,7 +21,7 @@ def test_cached_greedy_equals_uncached(family, request):
         assert len(got) == n
 
 
-def test_generate_batches_prompts_of_different_lengths(ascii_transformer, byte_tok):
+def test_generate_batches_prompts_of_different_lengths(ascii_transformer, byte_tok, greedy_uncached):
     prompts = ["To be", "or not to be", "that is", "To be", "the question"]
     texts = generate(ascii_transformer, byte_tok, prompts, max_tokens=10, batch_size=2)
     for prompt, text in zip(prompts, texts):
@@ -31,7 +30,7 @@ def test_generate_batches_prompts_of_different_lengths(ascii_transformer, byte_t
     assert texts[0] == texts[3]
 
 
-def test_prompt_is_left_truncated_to_fit_the_context(ascii_transformer, byte_tok):
+def test_prompt_is_left_truncated_to_fit_the_context(ascii_transformer, byte_tok, greedy_uncached):
     prompt = "a long prompt that is longer than the forty-eight tokens of context " * 2
     ids, steps = fit_prompt([byte_tok.bos_id] + byte_tok.encode(prompt), 48, 8)
     assert len(ids) == 41 and steps == 8  # 41 + 8 - 1 = 48: the last token is never fed back
@@ -42,7 +41,7 @@ def test_prompt_is_left_truncated_to_fit_the_context(ascii_transformer, byte_tok
     assert fit_prompt(list(range(100)), None, 100) == (list(range(100)), 100)  # recurrent: unbounded
 
 
-def test_max_tokens_and_eos_end_rows(ascii_transformer, byte_tok, transformer):
+def test_max_tokens_and_eos_end_rows(ascii_transformer, byte_tok, transformer, greedy_uncached):
     text, = generate(ascii_transformer, byte_tok, ["Hello"], max_tokens=7)
     assert len(text) == 7
     prompt = [byte_tok.bos_id] + byte_tok.encode("Hello")

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 from lm_eval.utils import get_rolling_token_windows
 
-from lmlab.evaluation.generation import greedy_uncached
 from lmlab.evaluation.harness import LmlabLM, score_windows
 
 
@@ -63,7 +62,7 @@ def test_loglikelihood_equals_brute_force(family, request):
 
 
 @pytest.mark.parametrize("family", ["transformer", "context_vector"])
-def test_is_greedy_true_for_the_greedy_continuation(family, request):
+def test_is_greedy_true_for_the_greedy_continuation(family, request, greedy_uncached):
     model = request.getfixturevalue(family)
     tokenizer = request.getfixturevalue("byte_tok" if family == "transformer" else "word_tok")
     lm = LmlabLM(model, tokenizer, progress=False)

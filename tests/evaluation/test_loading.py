@@ -1,4 +1,4 @@
-"""load_for_eval on a real (tiny) training run, validation through the runner, and result files."""
+"""Loading a real (tiny) training run for evaluation, validation through the runner, and result files."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ from helpers import CONFIGS
 from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.evaluation.config import EvalConfig
-from lmlab.evaluation.loading import load_for_eval
-from lmlab.evaluation.runner import run_evaluation, write_results
+from lmlab.evaluation.results import write_results
+from lmlab.evaluation.runner import run_evaluation
 from lmlab.models.transformer import Transformer
 
 TINY = ["steps=4", "model.dim=32", "model.n_layers=1", "model.n_heads=2", "model.multiple_of=16",
@@ -27,45 +27,45 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
-def test_run_dir_loads_final_checkpoint(run_dir):
-    loaded = load_for_eval(run_dir)
+def test_run_dir_loads_final_checkpoint(run_dir, load):
+    loaded = load(run_dir)
     assert isinstance(loaded.model, Transformer) and not loaded.model.training
     assert loaded.checkpoint_dir == run_dir / "checkpoints" / "final"
     assert loaded.step == 4 and loaded.run_dir == run_dir
     assert loaded.model.max_seq_len == 32 and loaded.tokenizer.vocab_size == 258
     step_dir = run_dir / "checkpoints" / "0000000004"
-    same = load_for_eval(step_dir)
+    same = load(step_dir)
     assert same.run_dir == run_dir and same.checkpoint_dir == step_dir
     tokens = torch.tensor([[256, 72, 105]])
     with torch.no_grad():
         assert torch.equal(loaded.model(tokens), same.model(tokens))
 
 
-def test_newest_step_checkpoint_without_final(run_dir, tmp_path):
+def test_newest_step_checkpoint_without_final(run_dir, tmp_path, load):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     shutil.rmtree(copy / "checkpoints" / "final")
-    assert load_for_eval(copy).checkpoint_dir.name == "0000000004"
+    assert load(copy).checkpoint_dir.name == "0000000004"
 
 
-def test_clear_errors_for_missing_pieces(run_dir, tmp_path):
+def test_clear_errors_for_missing_pieces(run_dir, tmp_path, load):
     with pytest.raises(LmlabError, match="does not exist"):
-        load_for_eval(tmp_path / "nope")
+        load(tmp_path / "nope")
     with pytest.raises(LmlabError, match="neither a run directory"):
-        load_for_eval(tmp_path)
+        load(tmp_path)
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     (copy / "tokenizer.json").unlink()
     with pytest.raises(LmlabError, match="tokenizer.json is missing"):
-        load_for_eval(copy)
+        load(copy)
     shutil.rmtree(copy / "checkpoints")
     (copy / "checkpoints").mkdir()
     with pytest.raises(LmlabError, match="no complete checkpoint"):
-        load_for_eval(copy)
+        load(copy)
 
 
-def test_validation_rows_and_written_results(run_dir):
-    loaded = load_for_eval(run_dir)
+def test_validation_rows_and_written_results(run_dir, load):
+    loaded = load(run_dir)
     rows = run_evaluation(loaded, EvalConfig(), validation=True, progress=False)
     metrics = {r["metric"]: r for r in rows}
     assert set(metrics) == {"loss", "ppl", "bpb", "acc"} and {r["task"] for r in rows} == {"validation"}

@@ -1,0 +1,1 @@
+"""The applications: one module per ``lmlab`` command, each with ``run(args) -> int``."""

@@ -1,0 +1,172 @@
+"""``lmlab train CONFIG [KEY=VALUE ...]``: preflight, then data -> build -> train, resuming when the
+run directory holds checkpoints.
+
+Preflight comes first: a config that cannot run leaves no trace (not even a run directory). After
+that every phase is recorded in ``<dump_dir>/events.jsonl``; a crash is reported in one line that
+points at the traceback file, and ``lmlab report`` explains it. This module composes the parts; the
+loop itself is ``training.loop.Trainer``, and what runs at a checkpoint besides saving it (the
+harness tasks of ``eval.every``) is handed to the loop as ``HarnessAtCheckpoints``.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+from lmlab import rundir
+from lmlab.config import config_to_dict, dump_config, finalize_config
+from lmlab.data.pipeline import build_data
+from lmlab.errors import LmlabError
+from lmlab.evaluation.loading import LoadedRun
+from lmlab.evaluation.results import format_rows, write_results
+from lmlab.evaluation.runner import run_evaluation
+from lmlab.preflight import load_and_check
+from lmlab.runlog import EventLog, exception_location, redact_text, write_provenance
+from lmlab.training.build import TrainingParts, build_parts
+from lmlab.training.console import Console
+from lmlab.training.loop import Trainer
+from lmlab.training.metrics import truncate_metrics
+from lmlab.training.resume import Resume, find_resume, publish_interrupted, restore
+from lmlab.training.runtime import Runtime, device_info, resolve_runtime
+from lmlab.training.sinks import build_sinks
+from lmlab.training.step import TrainState
+
+
+def run(args) -> int:
+    started = time.perf_counter()
+    cfg = load_and_check(args.config, args.overrides)
+    events = EventLog(cfg.dump_dir)
+    try:
+        with events.run(command=" ".join(["lmlab", *args.argv])):
+            # preflight ran before the run directory may exist; recorded now that it does
+            events.emit("phase_start", phase="preflight")
+            events.emit("phase_end", phase="preflight", status="ok", seconds=time.perf_counter() - started)
+            summary = train(cfg, args.argv, events)
+            events.set_result(summary["status"], step=summary.get("step"),
+                              failed_evals=summary.get("failed_evals", []))
+    except LmlabError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- recorded above; say where to look instead of a bare crash
+        return _report_crash(err, events)
+    return 0
+
+
+def _report_crash(err: Exception, events: EventLog) -> int:
+    summary, phase = events.record_exception(err, "run")  # already recorded: returns that (redacted) record
+    traceback_file = summary.get("traceback_file")
+    print(f"lmlab train: failed in phase {phase}: {summary['type']}: {summary['message']} "
+          f"(at {summary['where']})\n"
+          f"  traceback: {events.run_dir / traceback_file if traceback_file else 'not written'}\n"
+          f"  explanation and fix: lmlab report {events.run_dir}", file=sys.stderr)
+    return 1
+
+
+def _phase(events: EventLog | None, name: str, **info):
+    return events.phase(name, **info) if events else contextlib.nullcontext()
+
+
+def train(cfg, argv: list[str], events: EventLog | None = None) -> dict:
+    """Run (or resume) training for a preflighted config; returns the loop's summary."""
+    cfg = finalize_config(cfg)
+    run_dir = Path(cfg.dump_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runtime = resolve_runtime(cfg.device, cfg.precision)
+    console = Console(cfg.logging.progress_bar)
+    resume = find_resume(run_dir, console.line)
+    with _phase(events, "data"):
+        data = build_data(cfg, run_dir)
+    if resume:
+        publish_interrupted(run_dir, resume)
+        if resume.finished(data.total_steps):
+            console.line(f"run {run_dir} already finished at step {resume.step}/{data.total_steps}; "
+                         "nothing to do. Raise steps/epochs to train longer, or use a new dump_dir "
+                         "to start over.")
+            return {"status": "finished", "step": resume.step, "resumed": True}
+    with _phase(events, "build"):
+        parts = build_parts(cfg, data.tokenizer.vocab_size, runtime)
+        state = restore(parts, data.train, resume) if resume else TrainState()
+        if resume:
+            console.line(f"resuming {run_dir} from checkpoint {resume.checkpoint.name}")
+        # drop what a killed attempt logged after its last checkpoint (everything if it saved none)
+        truncate_metrics(run_dir / rundir.METRICS_FILE, state.step)
+        sink = build_sinks(cfg.logging, run_dir, cfg.name, config_to_dict(cfg), resume_step=state.step)
+        for note in sink.notes:
+            console.line(note)
+        _print_model_line(console, parts, runtime)
+    _write_run_files(cfg, argv, runtime, parts, resume)  # after build: a refused resume changes nothing
+    harness = HarnessAtCheckpoints(cfg, parts.model, data.tokenizer, console, events)
+    if resume:
+        harness.catch_up(resume, state)
+    trainer = Trainer(cfg, data, parts, runtime, state, sink, console,
+                      resume_command=" ".join(["lmlab", *argv]), events=events,
+                      on_checkpoint=harness if harness.enabled else None)
+    try:
+        return trainer.run()
+    finally:
+        sink.close()  # also on a crash: TensorBoard buffers its last scalars
+
+
+def _print_model_line(console: Console, parts: TrainingParts, runtime: Runtime) -> None:
+    size = parts.size
+    console.line(f"model {size['model']}: {size['params']:,} parameters | {size['flops_per_token']:,} "
+                 f"FLOPs/token ({size['formula']}) | device {runtime.device} {runtime.precision}")
+
+
+def _write_run_files(cfg, argv: list[str], runtime: Runtime, parts: TrainingParts,
+                     resume: Resume | None) -> None:
+    run_dir = Path(cfg.dump_dir)
+    dump_config(cfg, run_dir / rundir.CONFIG_FILE)
+    write_provenance(run_dir, argv, device_info(runtime.device), model_size=parts.size,
+                     resumed_from_step=resume.step if resume else None)
+
+
+class HarnessAtCheckpoints:
+    """``eval.every``: the lm-eval tasks on the checkpoint just saved, at the first checkpoint at or
+    after each multiple of ``every`` and at the last one. A failure is recorded (events.jsonl,
+    errors/, the train state's ``failed_evals``) and training goes on: an evaluation must never
+    cost the run."""
+
+    def __init__(self, cfg, model, tokenizer, console: Console, events: EventLog | None):
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.console, self.events = console, events
+        self.run_dir = Path(cfg.dump_dir)
+        self.enabled = bool(cfg.eval.every and cfg.eval.tasks)
+
+    def due(self, step: int, state: TrainState, finished: bool) -> bool:
+        last = state.last_eval_step
+        if not self.enabled or step == last:
+            return False
+        return finished or step // self.cfg.eval.every > last // self.cfg.eval.every
+
+    def __call__(self, step: int, path: Path, finished: bool, state: TrainState) -> None:
+        if self.due(step, state, finished):
+            self.evaluate(step, path, state)
+
+    def catch_up(self, resume: Resume, state: TrainState) -> None:
+        """The previous attempt was killed after saving its newest checkpoint, before evaluating it."""
+        if self.due(resume.step, state, False) and \
+                not (resume.checkpoint / rundir.EVAL_RESULTS_FILE).exists():
+            self.evaluate(resume.step, resume.checkpoint, state)
+
+    def evaluate(self, step: int, path: Path, state: TrainState) -> None:
+        state.last_eval_step = step
+        loaded = LoadedRun(self.model, self.tokenizer, self.cfg, path, self.run_dir, step)
+        try:
+            with _phase(self.events, "eval", step=step, tasks=list(self.cfg.eval.tasks)):
+                # validation is logged by the loop itself; here only the harness tasks
+                rows = run_evaluation(loaded, self.cfg.eval, validation=False, progress=False)
+                write_results(rows, path, self.run_dir, step)
+        except Exception as err:  # noqa: BLE001 -- by design: any evaluation error is survivable
+            self._record_failure(step, err, state)
+            return
+        self.console.line(f"evaluation at step {step}:\n{format_rows(rows)}")
+
+    def _record_failure(self, step: int, err: Exception, state: TrainState) -> None:
+        where, _ = exception_location(err)
+        failure = {"step": step, "phase": "eval", "exception": type(err).__name__,
+                   "message": redact_text(str(err)), "where": where}
+        state.failed_evals.append(failure)
+        self.console.line(f"evaluation at step {step} failed ({failure['exception']}: "
+                          f"{failure['message']} at {where}); training continues. Details: "
+                          f"{self.run_dir / rundir.EVENTS_FILE}")

@@ -1,0 +1,70 @@
+"""Evaluation result rows on disk and on screen.
+
+A row is ``{"task", "metric", "value", "stderr", "n", "seconds", ...}`` (see ``runner``).
+``write_results`` stores rows beside the checkpoint (``eval_results.json``) and appends them to the
+run's ``metrics.eval.jsonl``, one flat line per row; ``format_rows`` prints them as a table.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from lmlab.atomic import write_text
+from lmlab.rundir import EVAL_METRICS_FILE, EVAL_RESULTS_FILE, read_json
+
+_FLAT_KEYS = ("task", "metric", "value", "stderr", "n", "seconds", "num_fewshot")
+
+
+def json_number(value) -> float | None:
+    """A JSON-safe number: lm-eval writes "N/A" for a missing stderr; NaN/inf are not JSON."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def write_results(rows: list[dict], checkpoint_dir: str | Path, run_dir: str | Path,
+                  step: int | None) -> Path:
+    """Merge ``rows`` into ``<checkpoint>/eval_results.json`` (replaced atomically) and append them to
+    ``<run>/metrics.eval.jsonl``; returns the JSON file's path.
+
+    The JSON file collects everything measured on that checkpoint: a new row replaces an earlier
+    one of the same task, metric and shot count, so validation and harness tasks may be written by
+    separate calls.
+    """
+    rows = [_clean(r) for r in rows]
+    target = Path(checkpoint_dir) / EVAL_RESULTS_FILE
+    fresh = {_row_key(r) for r in rows}
+    earlier = read_json(target).get("results")  # none yet, or unreadable: rewritten whole below
+    kept = [r for r in earlier if isinstance(r, dict) and _row_key(r) not in fresh] \
+        if isinstance(earlier, list) else []
+    # atomic: never a half-written results file beside a complete checkpoint
+    write_text(target, json.dumps({"step": step, "results": kept + rows}, indent=2))
+    with open(Path(run_dir) / EVAL_METRICS_FILE, "a", encoding="utf-8") as handle:
+        for row in rows:
+            flat = {"step": step, **{k: row.get(k) for k in _FLAT_KEYS}}
+            handle.write(json.dumps(flat) + "\n")
+    return target
+
+
+def _clean(row: dict) -> dict:
+    return {k: (json_number(v) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def _row_key(row: dict) -> tuple:
+    return row.get("task"), row.get("metric"), row.get("num_fewshot")
+
+
+def format_rows(rows: list[dict]) -> str:
+    """Result rows as an aligned text table (task, metric, value ± stderr, items, seconds, items/s)."""
+    lines = [f"{'task':<12} {'metric':<14} {'value':>10} {'stderr':>8} {'n':>7} {'seconds':>8} {'items/s':>8}"]
+    for row in rows:
+        stderr = f"{row['stderr']:.4f}" if row.get("stderr") is not None else "-"
+        rate = f"{row['items_per_s']:.1f}" if row.get("items_per_s") else "-"
+        n = f"{row['n']}" if row.get("n") is not None else "-"
+        lines.append(f"{row['task']:<12} {row['metric']:<14} {row['value']:>10.4f} {stderr:>8} {n:>7} "
+                     f"{row['seconds']:>8.1f} {rate:>8}")
+    sources = {(r["task"], r["num_fewshot"], r["fewshot_source"]) for r in rows if r.get("fewshot_source")}
+    for task, shots, source in sorted(sources):
+        lines.append(f"note: {task} {shots}-shot examples come from the {source} split")
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Starting again where a run left off: find the newest complete checkpoint, finish what a kill left
+undone, and restore everything the run depends on (weights, optimizer, data position, RNG, scaler).
+
+On CPU this is exact: the steps after a resume log exactly the metrics (and end with exactly the
+weights) of an uninterrupted run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmlab import rundir
+from lmlab.training import checkpoint as ckpt
+from lmlab.training.build import TrainingParts
+from lmlab.training.step import TrainState
+
+
+@dataclass
+class Resume:
+    checkpoint: Path  # the newest complete step checkpoint
+    saved: dict  # its train_state.json
+
+    @property
+    def step(self) -> int:
+        return self.saved["step"]
+
+    def finished(self, total_steps: int) -> bool:
+        """Reached ``total_steps``, or ended (early stopping) with the same plan. Raising
+        steps/epochs changes the plan, so a finished run then trains on."""
+        planned = self.saved.get("scheduler", {}).get("total_steps")
+        return self.step >= total_steps or (bool(self.saved.get("finished")) and planned == total_steps)
+
+
+def find_resume(run_dir: Path, say) -> Resume | None:
+    """The checkpoint to resume from (None for a new run), after removing what interrupted saves
+    left behind; ``say`` prints a line."""
+    for path in ckpt.remove_partial_checkpoints(run_dir):
+        say(f"removed incomplete checkpoint {path.name} (a save was interrupted)")
+    latest = rundir.latest_checkpoint(run_dir)
+    return Resume(latest, rundir.read_train_state(latest)) if latest else None
+
+
+def publish_interrupted(run_dir: Path, resume: Resume) -> None:
+    """A kill between saving a checkpoint and publishing it as best/ or final/ left that undone."""
+    def published_step(name: str) -> int | None:
+        path = rundir.named_checkpoint(run_dir, name)
+        return rundir.read_train_state(path)["step"] if rundir.is_checkpoint(path) else None
+
+    saved = resume.saved
+    if saved.get("best_step") == resume.step and published_step(rundir.BEST) != resume.step:
+        ckpt.link_checkpoint(run_dir, resume.checkpoint, rundir.BEST)
+    if saved.get("finished") and published_step(rundir.FINAL) != resume.step:
+        ckpt.link_checkpoint(run_dir, resume.checkpoint, rundir.FINAL)
+
+
+def restore(parts: TrainingParts, loader, resume: Resume) -> TrainState:
+    """Load the checkpoint into the freshly built parts and the data loader; returns the loop state."""
+    ckpt.load_model_weights(parts.model, resume.checkpoint)
+    ckpt.load_optimizer(parts.optimizer, resume.checkpoint)
+    loader.load_state_dict(resume.saved["loader"])
+    if parts.scaler and resume.saved.get("scaler"):
+        parts.scaler.load_state_dict(resume.saved["scaler"])
+    ckpt.set_rng_state(resume.saved["rng"])
+    return TrainState.from_saved(resume.saved)

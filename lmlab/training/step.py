@@ -1,0 +1,170 @@
+"""One optimizer step, the loop's saved bookkeeping (``TrainState``) and the non-finite guard.
+
+The step never reads a value back from the device: loss and gradient norm stay tensors until the
+loop needs them on the host (a logging, validation or checkpoint step), as in nanoGPT and
+torchtitan, so a GPU is never stalled waiting for the host between steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmlab.data.loader import IGNORE_INDEX, split_window
+from lmlab.errors import LmlabError, Problem
+
+
+@dataclass
+class TrainingConfig:
+    """Training-loop behaviour beyond the optimizer."""
+
+    grad_accum: int = field(default=1, metadata={
+        "help": "Micro-batches per optimizer step; data.batch_size must be divisible by it."})
+    stop_at: int = field(default=0, metadata={
+        "help": "Stop this invocation after this step, saving a checkpoint (0: run to the end). "
+                "Re-running the same command resumes; for time-sliced jobs and resume tests."})
+    patience: int = field(default=0, metadata={
+        "help": "Epoch mode: stop after this many validations without improvement (0: never)."})
+    min_delta: float = field(default=0.0, metadata={
+        "help": "Epoch mode: a validation loss must drop by more than this to count as better."})
+    skip_nonfinite_steps: int = field(default=0, metadata={
+        "help": "Skip up to this many steps with a non-finite loss / grad norm before stopping "
+                "(fp16 overflow steps that the GradScaler skips itself do not count). Skipping "
+                "decides at every step, so it reads the loss back from the device at every step; "
+                "with 0 a non-finite step is found at the next logging or checkpoint step."})
+
+    def stops_at(self, step: int, total: int) -> bool:
+        """This invocation ends after ``step`` (``stop_at``) although the run is not done."""
+        return 0 < self.stop_at <= step < total
+
+
+def check(cfg: TrainingConfig) -> list[Problem]:
+    problems = []
+    for key in ("stop_at", "patience", "min_delta", "skip_nonfinite_steps"):
+        if getattr(cfg, key) < 0:
+            problems.append(Problem(f"training.{key}", f"must be >= 0, got {getattr(cfg, key)}.",
+                                    f"set training.{key}=0"))
+    return problems
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainState:
+    """The loop's bookkeeping, saved in every checkpoint's train_state.json and restored on resume
+    (beside the data position, RNG, scheduler and scaler states the checkpoint also holds)."""
+
+    step: int = 0
+    tokens: int = 0
+    epoch_loss_sum: float = 0.0  # epoch mode: training losses summed since the epoch began
+    epoch_steps: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    bad_epochs: int = 0  # validations in a row without improvement (early stopping)
+    skipped_steps: int = 0  # non-finite steps skipped (training.skip_nonfinite_steps)
+    last_eval_step: int = 0  # the last checkpoint the harness tasks ran on (eval.every)
+    failed_evals: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "TrainState":
+        """From a train_state.json; keys this version does not keep (loader, rng ...) are ignored
+        and keys older checkpoints lack keep their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in names})
+
+    def to_saved(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def record_validation(self, loss: float, min_delta: float) -> bool:
+        """Track the best validation loss; True when ``loss`` improves on it by more than min_delta."""
+        improved = self.best_val_loss is None or loss < self.best_val_loss - min_delta
+        if improved:
+            self.best_val_loss, self.best_step, self.bad_epochs = loss, self.step, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+
+@dataclass
+class StepResult:
+    """Device tensors: reading them (``.item()``) waits for the step to finish."""
+
+    loss: torch.Tensor  # mean over micro-batches, fp32
+    grad_norm: torch.Tensor  # global norm before clipping
+    applied: bool = True  # False: a non-finite step the guard skipped (skip_nonfinite_steps)
+
+
+def train_step(model, batch: torch.Tensor, optimizer, runtime, scaler, clip: float, grad_accum: int,
+               pad_id: int | None, skip_nonfinite: bool = False) -> StepResult:
+    """One optimizer step over ``batch`` (B, T+1) split into ``grad_accum`` micro-batches.
+
+    With ``skip_nonfinite`` the loss and gradient norm are read back (one host sync) and a
+    non-finite step is not applied; otherwise the step is always applied and ``NonFiniteGuard``
+    judges it later. Under fp16 the GradScaler skips overflowing gradients itself.
+    """
+    micro_batches = batch.chunk(grad_accum)
+    total = torch.zeros((), device=runtime.device)
+    for micro in micro_batches:
+        inputs, targets = (t.to(runtime.device, non_blocking=True) for t in split_window(micro, pad_id))
+        with runtime.autocast():
+            logits = model(inputs)  # (b, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        scaled = loss / len(micro_batches)
+        (scaler.scale(scaled) if scaler else scaled).backward()
+        total += loss.detach()
+    if scaler:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
+    result = StepResult(total / len(micro_batches), grad_norm)
+    if skip_nonfinite and not _finite(result, scaler is not None):
+        result.applied = False
+    elif scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return result
+
+
+def _finite(result: StepResult, scaled: bool) -> bool:
+    """Host-side verdict (one sync). Under a GradScaler an infinite gradient is the scaler's to skip."""
+    loss, norm = torch.stack([result.loss, result.grad_norm.float()]).tolist()
+    return math.isfinite(loss) and (scaled or math.isfinite(norm))
+
+
+class NonFiniteGuard:
+    """Remembers, on the device, the first step whose loss or gradient norm was not finite, so the
+    loop can stop at its next sync point (before it logs, validates or saves anything computed
+    from the damaged weights) without reading every step back to the host."""
+
+    def __init__(self, device: torch.device, scaled: bool):
+        self.scaled = scaled
+        self._first_bad = torch.zeros((), dtype=torch.long, device=device)
+
+    def observe(self, step: int, result: StepResult) -> None:
+        finite = torch.isfinite(result.loss)
+        if not self.scaled:
+            finite = finite & torch.isfinite(result.grad_norm)
+        self._first_bad = torch.where(~finite & (self._first_bad == 0), step, self._first_bad)
+
+    def first_bad_step(self) -> int:
+        """0 when every step so far was finite (one host sync)."""
+        return int(self._first_bad.item())
+
+
+def nonfinite_error(step: int, what: str, last_checkpoint) -> LmlabError:
+    return LmlabError(
+        f"non-finite {what} at step {step}; nothing computed from it was saved. Last good "
+        f"checkpoint: {last_checkpoint or 'none'} (kept intact). Fix: lower optim.lr, raise "
+        "optim.warmup or enable clipping (optim.clip), then resume; or allow a few skips with "
+        "training.skip_nonfinite_steps=N.")
