@@ -12,6 +12,8 @@ import importlib
 import sys
 
 from lmlab.errors import LmlabError
+from lmlab.reports.render import FORMATS
+from lmlab.reports.text import LANGS
 
 # command -> (application module in lmlab/apps, help)
 COMMANDS = {
@@ -24,7 +26,6 @@ COMMANDS = {
     "runs": ("runs", "list the run directories under ROOT with status and best validation loss"),
 }
 CONFIG_COMMANDS = ("train", "check", "info")
-REPORT_LANGS = ("en", "ja")  # the languages of reports/strings (a test keeps the two in step)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +65,8 @@ def _generate_arguments(gen: argparse.ArgumentParser) -> None:
 
 def _report_arguments(report: argparse.ArgumentParser) -> None:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    report.add_argument("--lang", choices=REPORT_LANGS, default="en")
-    report.add_argument("--format", choices=["md", "html"], default="md")
+    report.add_argument("--lang", choices=LANGS, default="en")
+    report.add_argument("--format", choices=FORMATS, default="md")
     report.add_argument("--out", help="comparison file (several runs)")
 
 

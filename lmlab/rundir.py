@@ -36,6 +36,8 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "train_state.json"
 EVAL_RESULTS_FILE = "eval_results.json"
 BEST, FINAL = "best", "final"
+# inside provenance.json: the model's size as training measured it (models.registry.model_size)
+MODEL_SIZE_KEY = "model_size"
 # prefix of a checkpoint folder being written, replaced or deleted (never a complete checkpoint)
 TMP_PREFIX = ".tmp-"
 # folders inside a run that never hold runs themselves (not searched by ``lmlab runs``)

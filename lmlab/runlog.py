@@ -371,7 +371,7 @@ def write_provenance(run_dir: str | Path, argv: list[str], machine: dict, **fact
     earlier = old.pop("earlier_invocations", [])
     earlier = ([*earlier, old] if isinstance(earlier, list) else [old]) if old else []
     record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": redact_argv([Path(sys.argv[0]).name] + list(argv)),
+              "command": redact_argv(["lmlab", *argv]),
               "git": git_info(), "versions": package_versions(), "machine": machine, **facts,
               "earlier_invocations": earlier}
     write_text(path, json.dumps(record, indent=2))

@@ -80,13 +80,13 @@ def test_empty_data_file_and_cuda_without_gpu(tmp_path):
 
 def test_a_crash_after_preflight_is_recorded_and_reported_in_one_line(tmp_path, jsonl_root, monkeypatch,
                                                                        capsys):
-    import lmlab.training.loop as loop
-    from lmlab.reports.events import run_status
+    import lmlab.apps.train as train_app
+    from lmlab.reports.status import run_status
 
     def vanished(cfg, run_dir):  # e.g. the data directory deleted between preflight and loading
         raise FileNotFoundError(2, "No such file or directory", str(jsonl_root / "alpha"))
 
-    monkeypatch.setattr(loop, "build_data", vanished)
+    monkeypatch.setattr(train_app, "build_data", vanished)
     run = tmp_path / "run"
     code = main(["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(jsonl_root),
                  f"dump_dir={run}"])

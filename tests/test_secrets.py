@@ -96,7 +96,7 @@ def test_planted_secrets_appear_nowhere(tmp_path, jsonl_root):
 
 @pytest.mark.parametrize("word", ["api_key=", "token=", "password="])
 def test_credential_words_on_the_command_line_are_redacted_in_provenance(word):
-    from lmlab.reports.provenance import redact_argv
+    from lmlab.runlog import redact_argv
 
     value = secrets.token_hex(8)
     assert redact_argv(["lmlab", "train", f"wandb.{word}{value}"]) == [

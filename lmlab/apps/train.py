@@ -9,7 +9,6 @@ harness tasks of ``eval.every``) is handed to the loop as ``HarnessAtCheckpoints
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -62,11 +61,7 @@ def _report_crash(err: Exception, events: EventLog) -> int:
     return 1
 
 
-def _phase(events: EventLog | None, name: str, **info):
-    return events.phase(name, **info) if events else contextlib.nullcontext()
-
-
-def train(cfg, argv: list[str], events: EventLog | None = None) -> dict:
+def train(cfg, argv: list[str], events: EventLog) -> dict:
     """Run (or resume) training for a preflighted config; returns the loop's summary."""
     cfg = finalize_config(cfg)
     run_dir = Path(cfg.dump_dir)
@@ -74,7 +69,7 @@ def train(cfg, argv: list[str], events: EventLog | None = None) -> dict:
     runtime = resolve_runtime(cfg.device, cfg.precision)
     console = Console(cfg.logging.progress_bar)
     resume = find_resume(run_dir, console.line)
-    with _phase(events, "data"):
+    with events.phase("data"):
         data = build_data(cfg, run_dir)
     if resume:
         publish_interrupted(run_dir, resume)
@@ -83,7 +78,7 @@ def train(cfg, argv: list[str], events: EventLog | None = None) -> dict:
                          "nothing to do. Raise steps/epochs to train longer, or use a new dump_dir "
                          "to start over.")
             return {"status": "finished", "step": resume.step, "resumed": True}
-    with _phase(events, "build"):
+    with events.phase("build"):
         parts = build_parts(cfg, data.tokenizer.vocab_size, runtime)
         state = restore(parts, data.train, resume) if resume else TrainState()
         if resume:
@@ -98,8 +93,8 @@ def train(cfg, argv: list[str], events: EventLog | None = None) -> dict:
     harness = HarnessAtCheckpoints(cfg, parts.model, data.tokenizer, console, events)
     if resume:
         harness.catch_up(resume, state)
-    trainer = Trainer(cfg, data, parts, runtime, state, sink, console,
-                      resume_command=" ".join(["lmlab", *argv]), events=events,
+    trainer = Trainer(cfg, data, parts, runtime, state, sink, console, events,
+                      resume_command=" ".join(["lmlab", *argv]),
                       on_checkpoint=harness if harness.enabled else None)
     try:
         return trainer.run()
@@ -117,8 +112,8 @@ def _write_run_files(cfg, argv: list[str], runtime: Runtime, parts: TrainingPart
                      resume: Resume | None) -> None:
     run_dir = Path(cfg.dump_dir)
     dump_config(cfg, run_dir / rundir.CONFIG_FILE)
-    write_provenance(run_dir, argv, device_info(runtime.device), model_size=parts.size,
-                     resumed_from_step=resume.step if resume else None)
+    facts = {rundir.MODEL_SIZE_KEY: parts.size, "resumed_from_step": resume.step if resume else None}
+    write_provenance(run_dir, argv, device_info(runtime.device), **facts)
 
 
 class HarnessAtCheckpoints:
@@ -127,7 +122,7 @@ class HarnessAtCheckpoints:
     errors/, the train state's ``failed_evals``) and training goes on: an evaluation must never
     cost the run."""
 
-    def __init__(self, cfg, model, tokenizer, console: Console, events: EventLog | None):
+    def __init__(self, cfg, model, tokenizer, console: Console, events: EventLog):
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self.console, self.events = console, events
         self.run_dir = Path(cfg.dump_dir)
@@ -153,7 +148,7 @@ class HarnessAtCheckpoints:
         state.last_eval_step = step
         loaded = LoadedRun(self.model, self.tokenizer, self.cfg, path, self.run_dir, step)
         try:
-            with _phase(self.events, "eval", step=step, tasks=list(self.cfg.eval.tasks)):
+            with self.events.phase("eval", step=step, tasks=list(self.cfg.eval.tasks)):
                 # validation is logged by the loop itself; here only the harness tasks
                 rows = run_evaluation(loaded, self.cfg.eval, validation=False, progress=False)
                 write_results(rows, path, self.run_dir, step)

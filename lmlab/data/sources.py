@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmlab.data import wikitext
 from lmlab.data.tokenizers import TokenizerConfig
 from lmlab.errors import LmlabError, Problem
 
@@ -250,8 +251,6 @@ def check(cfg: DataConfig, validation_enabled: bool) -> list[Problem]:
     if cfg.source == "jsonl":
         problems += _check_jsonl(cfg, validation_enabled)
     elif cfg.source == "wikitext2":
-        from lmlab.data import wikitext
-
         problems += wikitext.check(cfg, validation_enabled)
     elif cfg.source == "text":
         problems += _check_text(cfg, validation_enabled)

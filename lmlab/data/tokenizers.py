@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
 
+import tokenizers as hf  # Hugging Face tokenizers (the BPE implementation)
+
 from lmlab.atomic import write_text
 from lmlab.errors import LmlabError, Problem
 
@@ -151,22 +153,18 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> "BPETokenizer":
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
-
-        tok = HFTokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
+        tok = hf.Tokenizer(hf.models.BPE())
+        tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = hf.decoders.ByteLevel()
+        trainer = hf.trainers.BpeTrainer(
             vocab_size=vocab_size, special_tokens=list(cls.SPECIALS), show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+            initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok)
 
     @classmethod
     def from_json(cls, data: dict) -> "BPETokenizer":
-        from tokenizers import Tokenizer as HFTokenizer
-
-        return cls(HFTokenizer.from_str(json.dumps(data)))
+        return cls(hf.Tokenizer.from_str(json.dumps(data)))
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -49,7 +49,7 @@ def read_split_lines(path: str, split: str) -> list[str]:
 
 def _hf_lines(split: str) -> list[str]:
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # lazy: datasets (seconds to import)
     except ImportError:
         raise LmlabError("WikiText-2 needs HF `datasets` (pip install datasets) or a local copy in "
                          "data.path.") from None

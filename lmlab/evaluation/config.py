@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmlab.data.hub import unavailable_reason
 from lmlab.errors import Problem, did_you_mean
 from lmlab.evaluation.tasks import KNOWN_TASKS, missing_files
 from lmlab.training.validation import ValidationConfig
@@ -76,8 +77,6 @@ def _check_data_dir(cfg: EvalConfig, prefix: str) -> list[Problem]:
 
 def _check_hub(tasks: list[str], prefix: str) -> list[Problem]:
     """Without ``data_dir`` the standard tasks download their data: refuse early when that cannot work."""
-    from lmlab.data.hub import unavailable_reason
-
     why = unavailable_reason([f"*{name}*" for name in tasks])  # the cache names datasets by repo
     if not why:
         return []

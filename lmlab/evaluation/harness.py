@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from lmlab.evaluation.config import EvalConfig
 from lmlab.evaluation.generation import eval_mode, generate, model_device
+from lmlab.evaluation.tasks import FEWSHOT_SOURCE, build_tasks
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +197,8 @@ def task_specs(cfg: EvalConfig, names: list[str]) -> tuple[list, Any, str]:
     and an empty TaskManager is passed (the default one scans all of lm-eval's task configs, ~18 s).
     Without it the standard lm-eval tasks are loaded by name (they download from the hub).
     """
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # lazy: lm-eval
 
     if cfg.data_dir:
-        from lmlab.evaluation.tasks import FEWSHOT_SOURCE, build_tasks
-
         return build_tasks(names, cfg.data_dir), TaskManager(include_defaults=False), FEWSHOT_SOURCE
     return list(names), TaskManager(), "train (the standard task's few-shot split)"

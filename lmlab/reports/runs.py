@@ -18,7 +18,6 @@ from lmlab import humanize, rundir
 from lmlab.reports.status import run_status
 
 # The provenance key under which training records the model's size (see ``Run.model_size``).
-MODEL_SIZE = "model_size"
 
 
 @dataclass
@@ -55,7 +54,7 @@ class Run:
     def model_size(self) -> dict | None:
         """Parameters, FLOPs per token (and its formula), vocabulary, sequence length and tokens
         per step, as training recorded them in its provenance; None for a run that did not."""
-        size = self.provenance.get(MODEL_SIZE)
+        size = self.provenance.get(rundir.MODEL_SIZE_KEY)
         return size if isinstance(size, dict) and size else None
 
     def get(self, dotted: str, default=None):

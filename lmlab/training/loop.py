@@ -12,9 +12,6 @@ or saved.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,8 +24,9 @@ from lmlab.training.build import TrainingParts
 from lmlab.training.console import Console, LogWindow, format_train_line, format_val_line
 from lmlab.training.metrics import peak_memory_gib, throughput
 from lmlab.training.optim import lr_at, set_lr
+from lmlab.training.resume import saved_state
 from lmlab.training.signals import PreemptionSignals
-from lmlab.training.step import NonFiniteGuard, StepResult, TrainState, nonfinite_error, train_step
+from lmlab.training.step import NonFiniteGuard, StepResult, TrainState, train_step
 from lmlab.training.validation import evaluate
 
 # (step, checkpoint folder, finished, state): called after every checkpoint is saved
@@ -39,14 +37,14 @@ class Trainer:
     """Trains ``parts`` on ``data`` from ``state`` to the end of the plan (or a stop/preemption)."""
 
     def __init__(self, cfg, data, parts: TrainingParts, runtime, state: TrainState, sink,
-                 console: Console, resume_command: str, events=None,
+                 console: Console, events, resume_command: str,
                  on_checkpoint: CheckpointHook | None = None):
         self.cfg, self.data, self.parts, self.runtime = cfg, data, parts, runtime
         self.state, self.sink, self.console, self.events = state, sink, console, events
         self.on_checkpoint, self.resume_command = on_checkpoint, resume_command
         self.run_dir = Path(cfg.dump_dir)
-        self.skip_mode = cfg.training.skip_nonfinite_steps > 0  # decides every step itself
-        self.guard = NonFiniteGuard(runtime.device, scaled=parts.scaler is not None)
+        self.guard = NonFiniteGuard(runtime.device, parts.scaler is not None,
+                                    cfg.training.skip_nonfinite_steps, self.run_dir)
         # epoch mode: this epoch's training losses, summed on the device in float64 (exactly what
         # summing the Python floats would give, without reading each one back)
         self.epoch_loss = torch.tensor(state.epoch_loss_sum, dtype=torch.float64, device=runtime.device)
@@ -58,12 +56,8 @@ class Trainer:
 
     def run(self) -> dict:
         """Train; returns the summary (status, step, failed evaluations, last validation)."""
-        with PreemptionSignals() as self.preemption, self.phase("train", step=self.state.step):
+        with PreemptionSignals() as self.preemption, self.events.phase("train", step=self.state.step):
             return self._loop(self.data.total_steps)
-
-    def phase(self, name: str, **info):
-        """Record phase ``name`` in the run's event log (start, end, and the exception if it fails)."""
-        return self.events.phase(name, **info) if self.events else contextlib.nullcontext()
 
     def _loop(self, total: int) -> dict:
         cfg, window = self.cfg, LogWindow()
@@ -78,7 +72,7 @@ class Trainer:
             set_lr(self.parts.optimizer, lr)
             result = train_step(self.parts.forward, batch, self.parts.optimizer, self.runtime,
                                 self.parts.scaler, cfg.optim.clip, cfg.training.grad_accum,
-                                self.data.pad_id, skip_nonfinite=self.skip_mode)
+                                self.data.pad_id, skip_nonfinite=self.guard.per_step)
             self._account(step, batch, result, window, data_s)
             if cfg.logging.due(step, total):
                 self._log(step, total, result, lr, window)
@@ -98,10 +92,7 @@ class Trainer:
 
     def _account(self, step: int, batch: torch.Tensor, result: StepResult, window: LogWindow,
                  data_s: float) -> None:
-        if not result.applied:
-            self._skip_or_stop(step, result)
-        elif not self.skip_mode:
-            self.guard.observe(step, result)
+        self.guard.observe(step, result, self.state, self.console.line)
         tokens = batch.shape[0] * (batch.shape[1] - 1)
         self.state.step, self.state.tokens = step, self.state.tokens + tokens
         if self.epoch_mode:
@@ -110,27 +101,8 @@ class Trainer:
         window.add(data_s, tokens)
         self.console.advance()
 
-    def _check_finite(self) -> None:
-        """Before anything computed from the weights leaves the loop (a log line, a validation, a
-        checkpoint): stop if a step since the last check was not finite."""
-        bad = 0 if self.skip_mode else self.guard.first_bad_step()
-        if bad:
-            raise nonfinite_error(bad, "loss or gradient norm", rundir.latest_checkpoint(self.run_dir))
-
-    def _skip_or_stop(self, step: int, result: StepResult) -> None:
-        """A non-finite step was not applied: skip it (up to training.skip_nonfinite_steps) or stop."""
-        loss, grad_norm = torch.stack([result.loss, result.grad_norm.float()]).tolist()
-        what = "loss" if not math.isfinite(loss) else "gradient norm"
-        budget = self.cfg.training.skip_nonfinite_steps
-        if self.state.skipped_steps >= budget:
-            raise nonfinite_error(step, f"{what} (loss {loss}, grad norm {grad_norm})",
-                                  rundir.latest_checkpoint(self.run_dir))
-        self.state.skipped_steps += 1
-        self.console.line(f"step {step}: non-finite {what} (loss {loss}, grad norm {grad_norm}); "
-                          f"step skipped ({self.state.skipped_steps}/{budget})")
-
     def _log(self, step: int, total: int, result: StepResult, lr: float, window: LogWindow) -> None:
-        self._check_finite()
+        self.guard.check()
         loss, grad_norm = torch.stack([result.loss, result.grad_norm.float()]).tolist()  # one sync
         summary = window.summary()
         epoch = {"epoch": self._epoch_of(step)} if self.epoch_mode else {}
@@ -145,8 +117,8 @@ class Trainer:
         window.reset()
 
     def _validate(self, step: int, epoch: int | None = None) -> dict:
-        self._check_finite()
-        with self.phase("validate", step=step):
+        self.guard.check()
+        with self.events.phase("validate", step=step):
             metrics = evaluate(self.parts.model, self.data.val_batches(), self.data.byte_lengths,
                                self.runtime.device, self.data.pad_id, autocast=self.runtime.autocast)
         if metrics:
@@ -180,18 +152,12 @@ class Trainer:
         return False
 
     def _save(self, step: int, finished: bool = False) -> Path:
-        self._check_finite()
+        self.guard.check()
         self.state.epoch_loss_sum = self.epoch_loss.item()
-        optimizer, scaler = self.parts.optimizer, self.parts.scaler
-        saved = {**self.state.to_saved(), "finished": finished, "loader": self.data.train.state_dict(),
-                 "rng": ckpt.rng_state(),
-                 "scheduler": {"name": self.cfg.optim.scheduler, "lr": optimizer.param_groups[0]["lr"],
-                               "warmup": self.cfg.optim.warmup, "total_steps": self.data.total_steps},
-                 "scaler": scaler.state_dict() if scaler else None,
-                 "model": dataclasses.asdict(self.parts.model_cfg)}
-        with self.phase("checkpoint", step=step):
+        saved = saved_state(self.state, finished, self.parts, self.data, self.cfg.optim)
+        with self.events.phase("checkpoint", step=step):
             path = ckpt.save_checkpoint(self.run_dir, rundir.step_name(step), self.parts.model,
-                                        optimizer, saved)
+                                        self.parts.optimizer, saved)
             ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
         self.console.line(f"saved checkpoint {path}")
         if self.on_checkpoint:

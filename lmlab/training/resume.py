@@ -6,6 +6,7 @@ weights) of an uninterrupted run.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def publish_interrupted(run_dir: Path, resume: Resume) -> None:
         ckpt.link_checkpoint(run_dir, resume.checkpoint, rundir.BEST)
     if saved.get("finished") and published_step(rundir.FINAL) != resume.step:
         ckpt.link_checkpoint(run_dir, resume.checkpoint, rundir.FINAL)
+
+
+def saved_state(state: TrainState, finished: bool, parts: TrainingParts, data, optim_cfg) -> dict:
+    """What a checkpoint's train_state.json holds: the loop state and all that ``restore`` needs
+    (data position, RNG, scheduler, scaler) plus the resolved model config evaluation rebuilds."""
+    return {**state.to_saved(), "finished": finished, "loader": data.train.state_dict(),
+            "rng": ckpt.rng_state(),
+            "scheduler": {"name": optim_cfg.scheduler, "lr": parts.optimizer.param_groups[0]["lr"],
+                          "warmup": optim_cfg.warmup, "total_steps": data.total_steps},
+            "scaler": parts.scaler.state_dict() if parts.scaler else None,
+            "model": dataclasses.asdict(parts.model_cfg)}
 
 
 def restore(parts: TrainingParts, loader, resume: Resume) -> TrainState:

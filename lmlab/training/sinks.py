@@ -100,7 +100,7 @@ class WandbSink:
     run continues the same W&B run (online) or syncs into it (offline, ``wandb sync``)."""
 
     def __init__(self, cfg: WandbConfig, run_dir: Path, run_name: str, config_dict: dict):
-        import wandb
+        import wandb  # lazy: optional sink
 
         folder = Path(cfg.dir) if cfg.dir else run_dir
         folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ class TensorBoardSink:
     """Scalars under their metric names (``loss``, ``val/loss`` ...), x-axis = optimizer step."""
 
     def __init__(self, cfg: TensorBoardConfig, run_dir: Path, resume_step: int | None):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # lazy: optional sink
 
         log_dir = Path(cfg.log_dir) if cfg.log_dir else Path(run_dir) / "tensorboard"
         # purge_step hides what a killed attempt logged after the checkpoint being resumed from,

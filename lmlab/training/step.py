@@ -10,11 +10,13 @@ import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmlab import rundir
 from lmlab.data.loader import IGNORE_INDEX, split_window
 from lmlab.errors import LmlabError, Problem
 
@@ -143,28 +145,47 @@ def _finite(result: StepResult, scaled: bool) -> bool:
 
 
 class NonFiniteGuard:
-    """Remembers, on the device, the first step whose loss or gradient norm was not finite, so the
-    loop can stop at its next sync point (before it logs, validates or saves anything computed
-    from the damaged weights) without reading every step back to the host."""
+    """Stops a run at its first non-finite step, naming it and the last good checkpoint.
 
-    def __init__(self, device: torch.device, scaled: bool):
-        self.scaled = scaled
+    By default it remembers, on the device, the first step whose loss or gradient norm was not
+    finite, and ``check`` (called before anything computed from the weights leaves the loop: a
+    log line, a validation, a checkpoint) raises then, without reading every step back to the
+    host. With ``training.skip_nonfinite_steps`` > 0 the step itself decides (``train_step``'s
+    ``skip_nonfinite``) and the guard counts the skips against that budget.
+    """
+
+    def __init__(self, device: torch.device, scaled: bool, skip_budget: int, run_dir: Path):
+        self.scaled, self.skip_budget, self.run_dir = scaled, skip_budget, run_dir
+        self.per_step = skip_budget > 0
         self._first_bad = torch.zeros((), dtype=torch.long, device=device)
 
-    def observe(self, step: int, result: StepResult) -> None:
-        finite = torch.isfinite(result.loss)
-        if not self.scaled:
-            finite = finite & torch.isfinite(result.grad_norm)
-        self._first_bad = torch.where(~finite & (self._first_bad == 0), step, self._first_bad)
+    def observe(self, step: int, result: StepResult, state: TrainState, say) -> None:
+        if not result.applied:
+            self._skip_or_stop(step, result, state, say)
+        elif not self.per_step:
+            finite = torch.isfinite(result.loss)
+            if not self.scaled:  # under a GradScaler an infinite gradient is the scaler's to skip
+                finite = finite & torch.isfinite(result.grad_norm)
+            self._first_bad = torch.where(~finite & (self._first_bad == 0), step, self._first_bad)
 
-    def first_bad_step(self) -> int:
-        """0 when every step so far was finite (one host sync)."""
-        return int(self._first_bad.item())
+    def check(self) -> None:
+        """Raise if a step since the start of this invocation was not finite (one host sync)."""
+        bad = 0 if self.per_step else int(self._first_bad.item())
+        if bad:
+            raise self._error(bad, "loss or gradient norm")
 
+    def _skip_or_stop(self, step: int, result: StepResult, state: TrainState, say) -> None:
+        loss, grad_norm = torch.stack([result.loss, result.grad_norm.float()]).tolist()
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        if state.skipped_steps >= self.skip_budget:
+            raise self._error(step, f"{what} (loss {loss}, grad norm {grad_norm})")
+        state.skipped_steps += 1
+        say(f"step {step}: non-finite {what} (loss {loss}, grad norm {grad_norm}); step skipped "
+            f"({state.skipped_steps}/{self.skip_budget})")
 
-def nonfinite_error(step: int, what: str, last_checkpoint) -> LmlabError:
-    return LmlabError(
-        f"non-finite {what} at step {step}; nothing computed from it was saved. Last good "
-        f"checkpoint: {last_checkpoint or 'none'} (kept intact). Fix: lower optim.lr, raise "
-        "optim.warmup or enable clipping (optim.clip), then resume; or allow a few skips with "
-        "training.skip_nonfinite_steps=N.")
+    def _error(self, step: int, what: str) -> LmlabError:
+        return LmlabError(
+            f"non-finite {what} at step {step}; nothing computed from it was saved. Last good "
+            f"checkpoint: {rundir.latest_checkpoint(self.run_dir) or 'none'} (kept intact). Fix: "
+            "lower optim.lr, raise optim.warmup or enable clipping (optim.clip), then resume; or "
+            "allow a few skips with training.skip_nonfinite_steps=N.")

@@ -11,7 +11,7 @@ from helpers import CONFIGS, SHARED_DATA, TINY_TRANSFORMER, data_overrides
 from lmlab.cli import main
 from lmlab.evaluation.generation import generate
 from lmlab.reports.status import read_events, run_status
-from lmlab.reports.run_report import write_report
+from lmlab.reports.report import write_report
 
 TINY = [*TINY_TRANSFORMER, "data.seq_len=64", "steps=6", "checkpoint.every=3", "eval.validation.every=3"]
 
@@ -89,17 +89,17 @@ def test_generate_streams_the_same_text_as_generate(trained, capsys, load):
 
 def test_failing_evaluation_during_training_is_recorded_and_training_finishes(tmp_path, jsonl_root,
                                                                               monkeypatch, capsys):
-    import lmlab.preflight
+    import lmlab.apps.train
 
     data_dir = write_piqa(tmp_path / "evaldata")
-    real_check = lmlab.preflight.load_and_check
+    real_check = lmlab.apps.train.load_and_check
 
     def check_then_delete(*args, **kwargs):  # the task file disappears after preflight passed
         cfg = real_check(*args, **kwargs)
         (data_dir / "piqa" / "valid-labels.lst").unlink()
         return cfg
 
-    monkeypatch.setattr(lmlab.preflight, "load_and_check", check_then_delete)
+    monkeypatch.setattr(lmlab.apps.train, "load_and_check", check_then_delete)  # the name train uses
     run = tmp_path / "run"
     code = train(run, jsonl_root, "eval.every=3", "eval.tasks=[piqa]", f"eval.data_dir={data_dir}",
                  "checkpoint.keep=0")
@@ -127,7 +127,7 @@ def test_nonfinite_run_report_names_phase_exception_location_and_fix(tmp_path, j
     status = run_status(run)
     assert (status["status"], status["phase"]) == ("failed", "train")
     where = status["exception"]["where"]
-    assert where.startswith("lmlab/training/loop.py:")
+    assert where.startswith("lmlab/training/")  # the training line that raised, not torch
     report = write_report(run).read_text()
     assert "`train`" in report and "LmlabError" in report and where in report
     assert "optim.lr" in report and "diverged" in report

@@ -62,6 +62,10 @@ def test_clear_errors_for_missing_pieces(run_dir, tmp_path, load):
     (copy / "checkpoints").mkdir()
     with pytest.raises(LmlabError, match="no complete checkpoint"):
         load(copy)
+    moved = tmp_path / "moved"  # a checkpoint copied out of its run: its config.yaml is not beside it
+    shutil.copytree(run_dir / "checkpoints" / "final", moved / "a" / "final")
+    with pytest.raises(LmlabError, match="config.yaml is missing"):
+        load(moved / "a" / "final")
 
 
 def test_validation_rows_and_written_results(run_dir, load):

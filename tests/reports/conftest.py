@@ -151,5 +151,11 @@ def write_fake_run(run: Path, model_size: dict | None = FAKE_MODEL_SIZE, steps: 
 
 
 @pytest.fixture
+def make_fake_run():
+    """``make_fake_run(path, model_size=..., steps=20)``: see ``write_fake_run``."""
+    return write_fake_run
+
+
+@pytest.fixture
 def fake_run(tmp_path) -> Path:
     return write_fake_run(tmp_path / "fake")

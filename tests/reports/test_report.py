@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import write_fake_run
 from helpers import CONFIGS
 from lmlab import rundir
 from lmlab.apps.info import run_info
@@ -105,8 +104,8 @@ def test_report_of_a_run_dir_written_by_hand(fake_run, valid_png):
         valid_png(fake_run / rundir.PLOTS_DIR / f"{plot}.png")
 
 
-def test_model_size_not_recorded_says_how_to_get_it(tmp_path):
-    run = write_fake_run(tmp_path / "old_run", model_size=None)
+def test_model_size_not_recorded_says_how_to_get_it(tmp_path, make_fake_run):
+    run = make_fake_run(tmp_path / "old_run", model_size=None)
     text = write_report(run).read_text()
     assert "Model size not recorded" in text and "`model_size`" in text
     assert f"`lmlab info {run / rundir.CONFIG_FILE}`" in text

@@ -36,9 +36,9 @@ def test_partial_saves_are_removed_but_an_interrupted_best_swap_is_restored(tmp_
     ckpt.link_checkpoint(tmp_path, first, "best")
     root = rundir.checkpoints_root(tmp_path)
     # killed between the two renames of a best/ update: only the old copy exists
-    os.replace(root / "best", root / f"{ckpt._TMP_PREFIX}old-best-1234")
-    (root / f"{ckpt._TMP_PREFIX}0000000002-99").mkdir()  # killed while writing step 2
+    os.replace(root / "best", root / f"{rundir.TMP_PREFIX}old-best-1234")
+    (root / f"{rundir.TMP_PREFIX}0000000002-99").mkdir()  # killed while writing step 2
     removed = ckpt.remove_partial_checkpoints(tmp_path)
-    assert [p.name for p in removed] == [f"{ckpt._TMP_PREFIX}0000000002-99"]
+    assert [p.name for p in removed] == [f"{rundir.TMP_PREFIX}0000000002-99"]
     assert sorted(p.name for p in root.iterdir()) == ["0000000001", "best"]
     assert rundir.read_train_state(root / "best")["step"] == 1

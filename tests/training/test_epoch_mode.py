@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from helpers import CONFIGS
 from lmlab.cli import main
-from lmlab.training.metrics import read_metrics
+from lmlab.rundir import read_jsonl
 
 TINY_CONTEXT_VECTOR = ["model.embed_dim=16", "model.hidden_dim=32", "model.n_layers=2",
                        "model.context_dim=8", "model.dropout=0.1", "data.tokenizer.vocab_size=60",
@@ -39,7 +39,7 @@ def test_epochs_validate_each_epoch_and_keep_best_and_final(tmp_path, wikitext_d
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # e.g. torch.cuda.amp deprecations
         assert train(f"data.path={wikitext_dir}", "epochs=3", f"dump_dir={run}") == 0
-    metrics = read_metrics(run / "metrics.jsonl")
+    metrics = read_jsonl(run / "metrics.jsonl")
     val = [m for m in metrics if "val/loss" in m]
     assert [m["epoch"] for m in val] == [1, 2, 3]
     assert {"val/ppl", "val/acc", "val/bpb"} <= set(val[0]) and val[-1]["val/loss"] < val[0]["val/loss"]
@@ -67,7 +67,7 @@ def test_epoch_mode_resume_mid_epoch_equals_uninterrupted(tmp_path, wikitext_dir
     assert train(*common, f"dump_dir={resumed}", "training.stop_at=7") == 0  # mid-epoch (8/epoch)
     assert train(*common, f"dump_dir={resumed}") == 0
     strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMING} for m in ms]
-    assert strip(read_metrics(resumed / "metrics.jsonl")) == strip(read_metrics(straight / "metrics.jsonl"))
+    assert strip(read_jsonl(resumed / "metrics.jsonl")) == strip(read_jsonl(straight / "metrics.jsonl"))
     a = load_file(str(straight / "checkpoints" / "final" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -80,4 +80,4 @@ def test_lr_scaling_is_written_to_the_resolved_config(tmp_path, wikitext_dir):
                  "optim.base_batch_size=4", f"dump_dir={run}") == 0
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["optim"]["lr"] == pytest.approx(2e-4)  # 1e-4 * sqrt(16 / 4)
-    assert read_metrics(run / "metrics.jsonl")[0]["lr"] == pytest.approx(2e-4)
+    assert read_jsonl(run / "metrics.jsonl")[0]["lr"] == pytest.approx(2e-4)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, run_lmlab
-from lmlab.reports.events import run_status
+from lmlab.reports.status import run_status
 
 
 def tiny_args(root, run, *extra) -> list[str]:

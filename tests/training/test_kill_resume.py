@@ -42,7 +42,7 @@ from safetensors.torch import load_file
 from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides
 from lmlab.rundir import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, checkpoints_root, step_checkpoints,
                           step_name)
-from lmlab.training.metrics import read_metrics
+from lmlab.rundir import read_jsonl
 
 TIMING = {"tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib"}
 SAVE_IN_PROGRESS = re.compile(r"\.tmp-(\d{10}|best|final)-\d+$")  # a save's / publish's temp dir
@@ -64,9 +64,9 @@ EPOCH_MODE = ["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"),
 ZYGOTE = r"""
 import importlib, json, os, sys, traceback
 for name in ("torch", "numpy", "safetensors.torch", "lmlab.cli", "lmlab.preflight",
-             "lmlab.training.loop", "lmlab.training.checkpoint", "lmlab.training.metrics",
-             "lmlab.data.pipeline", "lmlab.models.registry", "lmlab.training.validation",
-             "lmlab.reports.events", "lmlab.reports.provenance"):
+             "lmlab.apps.train", "lmlab.training.loop", "lmlab.training.checkpoint",
+             "lmlab.training.metrics", "lmlab.data.pipeline", "lmlab.models.registry",
+             "lmlab.training.validation", "lmlab.runlog"):
     try:  # only a speed-up: whatever is missing is imported by the child itself
         importlib.import_module(name)
     except ImportError:
@@ -343,8 +343,8 @@ def assert_equal_nested(a, b, where: str) -> None:
 
 def assert_same_run(straight: Path, resumed: Path, names: list[str]) -> None:
     """Bitwise: metrics (but timings), and weights, optimizer and train state of each checkpoint."""
-    assert strip_timing(read_metrics(resumed / "metrics.jsonl")) == \
-        strip_timing(read_metrics(straight / "metrics.jsonl"))
+    assert strip_timing(read_jsonl(resumed / "metrics.jsonl")) == \
+        strip_timing(read_jsonl(straight / "metrics.jsonl"))
     for name in names:
         a_dir, b_dir = checkpoints_root(straight) / name, checkpoints_root(resumed) / name
         assert (b_dir / STATE_FILE).is_file(), f"{name}/ is missing after the kills and resumes"

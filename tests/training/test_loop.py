@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides
 from lmlab.cli import main
-from lmlab.training.metrics import read_metrics
+from lmlab.rundir import read_jsonl
 
 TIMING = {"tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib"}
 
@@ -31,7 +31,7 @@ def test_debug_config_trains_on_cpu_and_writes_a_complete_run_dir(tmp_path, json
         assert (run / "checkpoints" / "0000000020" / name).is_file()
     assert not (run / "checkpoints" / "0000000010").exists()  # keep: 1
     assert (run / "checkpoints" / "final" / "model.safetensors").is_file()
-    metrics = read_metrics(run / "metrics.jsonl")
+    metrics = read_jsonl(run / "metrics.jsonl")
     train_lines = [m for m in metrics if "loss" in m]
     assert [m["step"] for m in train_lines] == list(range(1, 21))
     assert {"loss", "grad_norm", "lr", "tokens_per_s", "flops_per_s", "mfu", "data_time_frac",
@@ -54,8 +54,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, jsonl_root):
     assert not (resumed / "checkpoints" / "0000000015").exists()
     assert train(*common, f"dump_dir={resumed}") == 0  # same command without stop_at: resumes
 
-    want = deterministic(read_metrics(straight / "metrics.jsonl"))
-    got = deterministic(read_metrics(resumed / "metrics.jsonl"))
+    want = deterministic(read_jsonl(straight / "metrics.jsonl"))
+    got = deterministic(read_jsonl(resumed / "metrics.jsonl"))
     assert got == want  # steps 1-20 incl. validation, exactly (steps 11-20 came from the resume)
     assert [m["step"] for m in got if "loss" in m][10:] == list(range(11, 21))
     a = load_file(str(straight / "checkpoints" / "final" / "model.safetensors"))
@@ -76,5 +76,5 @@ def test_quickstart_learns(tmp_path):
     run = tmp_path / "qs"
     assert main(["train", str(CONFIGS / "quickstart.yaml"), f"dump_dir={run}", "steps=60",
                  "eval.validation.every=20", "eval.validation.max_steps=8", "optim.warmup=10"]) == 0
-    val = [m["val/loss"] for m in read_metrics(run / "metrics.jsonl") if "val/loss" in m]
+    val = [m["val/loss"] for m in read_jsonl(run / "metrics.jsonl") if "val/loss" in m]
     assert len(val) == 3 and val[-1] < val[0] - 0.2

@@ -10,8 +10,8 @@ import pytest
 from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab
 from lmlab.config import describe_fields, load_config_collecting
 from lmlab.training import sinks as sinks_mod
-from lmlab.training.metrics import (LoggingConfig, TensorBoardConfig, WandbConfig, check,
-                                    read_metrics)
+from lmlab.rundir import read_jsonl
+from lmlab.training.metrics import LoggingConfig, TensorBoardConfig, WandbConfig, check
 from lmlab.training.sinks import WANDB_ID_FILE, build_sinks, numeric_only
 
 # A CPU-only run logs mfu as None and the loop logs epoch numbers too: both shapes appear here.
@@ -66,7 +66,7 @@ def test_planted_key_is_in_no_run_file_and_not_on_stdout(tmp_path, jsonl_root, w
     assert b"val/loss" in wandb_files[0].read_bytes()  # the metrics went to W&B
     assert (run / WANDB_ID_FILE).read_text().strip() in wandb_files[0].name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    assert [m["step"] for m in read_metrics(run / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4]
+    assert [m["step"] for m in read_jsonl(run / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4]
     for name, secret in wandb_env.items():
         # tmp_path holds the run directory (with <run>/wandb) and W&B's cache/config/data folders.
         assert files_containing(tmp_path, secret) == [], name
@@ -92,7 +92,7 @@ def test_wandb_offline_in_process_gets_a_redacted_config_and_keeps_its_id(tmp_pa
     assert {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")} == {ids[0]}
     assert files_containing(tmp_path, key) == []
     assert files_containing(tmp_path, "hf_plain_in_config") == []
-    assert len(read_metrics(run / "metrics.jsonl")) == 2 * len(METRICS)
+    assert len(read_jsonl(run / "metrics.jsonl")) == 2 * len(METRICS)
 
 
 # --------------------------------------------------------------------------- build_sinks
@@ -104,7 +104,7 @@ def test_jsonl_is_always_written_and_nothing_else_by_default(tmp_path):
     sinks.close()
     sinks.close()  # the loop's exit paths may close twice
     assert sinks.optional == {} and sinks.notes == []
-    assert read_metrics(tmp_path / "metrics.jsonl") == [
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [
         {"step": i, **m} for i, m in enumerate(METRICS, start=1)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
@@ -116,7 +116,7 @@ def test_tensorboard_sink_writes_numeric_scalars(tmp_path):
     scalars = tensorboard_scalars(tmp_path / "tensorboard")
     assert set(scalars) == {"loss", "lr", "val/loss", "val/ppl"}  # mfu=None is not a number
     assert scalars["loss"] == [(1, 2.5), (2, 2.0)]
-    assert len(read_metrics(tmp_path / "metrics.jsonl")) == len(METRICS)
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == len(METRICS)
 
 
 def test_tensorboard_resume_replaces_what_a_killed_attempt_logged_after_the_checkpoint(tmp_path):
@@ -159,7 +159,7 @@ def test_a_sink_failing_at_log_is_disabled_with_one_warning_and_jsonl_goes_on(tm
     assert len(caught) == 1 and secret not in str(caught[0].message)
     assert sinks.optional == {}
     sinks.close()
-    assert [m["step"] for m in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_a_sink_failing_at_start_or_close_is_skipped_with_a_warning(tmp_path):
@@ -183,7 +183,7 @@ def test_a_sink_failing_at_start_or_close_is_skipped_with_a_warning(tmp_path):
     assert sinks.optional["Flaky"].last == ({"val/loss": 2.1, "val/ppl": 8.2}, 3)
     with pytest.warns(RuntimeWarning, match="Flaky sink disabled after an error at close"):
         sinks.close()
-    assert len(read_metrics(tmp_path / "metrics.jsonl")) == len(METRICS)
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == len(METRICS)
 
 
 def test_numeric_only_drops_none_text_and_booleans():

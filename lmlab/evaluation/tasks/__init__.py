@@ -46,7 +46,7 @@ def task_config(name: str, data_dir: str | Path) -> dict:
 
 def build_tasks(names: list[str], data_dir: str | Path) -> list:
     """``ConfigurableTask`` objects for ``names``, reading their documents from ``data_dir``."""
-    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.api.task import ConfigurableTask  # lazy: lm-eval
 
     task_logger = logging.getLogger("lm_eval.api.task")
     task_logger.addFilter(_drop_custom_dataset_hint)

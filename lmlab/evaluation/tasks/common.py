@@ -28,7 +28,7 @@ def cached_validation_split(files: list[Path], load_docs: Callable[[], list[dict
     Evaluation during training builds the same tasks at every checkpoint; parsing hellaswag's
     12 MB again each time would cost seconds for nothing.
     """
-    import datasets
+    import datasets  # lazy: datasets
 
     key = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
     if key not in _CACHE:
