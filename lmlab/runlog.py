@@ -137,6 +137,25 @@ def _now() -> tuple[str, float]:
     return iso.replace("+00:00", "Z"), unix
 
 
+def _write_traceback(run_dir: Path, exc: BaseException, phase: str, summary: dict) -> str | None:
+    """``errors/<UTC time>-<phase>.txt``: a short header, then the full (redacted) traceback."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    folder = run_dir / ERRORS_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path, n = folder / f"{stamp}-{_safe_name(phase)}.txt", 1
+        while path.exists():  # two failures in the same second
+            n += 1
+            path = folder / f"{stamp}-{_safe_name(phase)}-{n}.txt"
+        header = (f"phase: {phase}\nexception: {summary['type']}: {summary['message']}\n"
+                  f"where: {summary['where']} (in {summary['function']})\n\n")
+        body = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        path.write_text(redact_text(header + body), encoding="utf-8")
+    except OSError:
+        return None  # a full disk must not hide the original exception
+    return path.relative_to(run_dir).as_posix()
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -268,28 +287,10 @@ class EventLog:
         where, function = exception_location(exc)
         summary = {"type": type(exc).__name__, "message": str(exc), "where": where,
                    "function": function}
-        summary["traceback_file"] = self._write_traceback(exc, phase, summary)
+        summary["traceback_file"] = _write_traceback(self.run_dir, exc, phase, summary)
         summary = redact(summary)
         self._failures[id(exc)] = (exc, summary, phase)
         return summary, phase
-
-    def _write_traceback(self, exc: BaseException, phase: str, summary: dict) -> str | None:
-        """``errors/<UTC time>-<phase>.txt``: a short header, then the full (redacted) traceback."""
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        folder = self.run_dir / ERRORS_DIR
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            path, n = folder / f"{stamp}-{_safe_name(phase)}.txt", 1
-            while path.exists():  # two failures in the same second
-                n += 1
-                path = folder / f"{stamp}-{_safe_name(phase)}-{n}.txt"
-            header = (f"phase: {phase}\nexception: {summary['type']}: {summary['message']}\n"
-                      f"where: {summary['where']} (in {summary['function']})\n\n")
-            body = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            path.write_text(redact_text(header + body), encoding="utf-8")
-        except OSError:
-            return None  # a full disk must not hide the original exception
-        return path.relative_to(self.run_dir).as_posix()
 
     # ----------------------------------------------------------------- warnings
 

@@ -128,19 +128,13 @@ class HarnessAtCheckpoints:
         self.run_dir = Path(cfg.dump_dir)
         self.enabled = bool(cfg.eval.every and cfg.eval.tasks)
 
-    def due(self, step: int, state: TrainState, finished: bool) -> bool:
-        last = state.last_eval_step
-        if not self.enabled or step == last:
-            return False
-        return finished or step // self.cfg.eval.every > last // self.cfg.eval.every
-
     def __call__(self, step: int, path: Path, finished: bool, state: TrainState) -> None:
-        if self.due(step, state, finished):
+        if self.cfg.eval.due(step, state.last_eval_step, finished):
             self.evaluate(step, path, state)
 
     def catch_up(self, resume: Resume, state: TrainState) -> None:
         """The previous attempt was killed after saving its newest checkpoint, before evaluating it."""
-        if self.due(resume.step, state, False) and \
+        if self.cfg.eval.due(resume.step, state.last_eval_step, False) and \
                 not (resume.checkpoint / rundir.EVAL_RESULTS_FILE).exists():
             self.evaluate(resume.step, resume.checkpoint, state)
 

@@ -40,6 +40,13 @@ class EvalConfig:
                 "stops at its stop strings long before; an unbounded value is what made the "
                 "reference run spend 17 minutes generating)."})
 
+    def due(self, step: int, last_eval_step: int, finished: bool) -> bool:
+        """During training (``every``): the first checkpoint at or after each multiple of ``every``,
+        and the last one; ``last_eval_step`` is the checkpoint evaluated last."""
+        if not self.every or not self.tasks or step == last_eval_step:
+            return False
+        return finished or step // self.every > last_eval_step // self.every
+
 
 def check(cfg: EvalConfig, prefix: str = "eval") -> list[Problem]:
     """Every problem with ``cfg`` that would stop an evaluation: names, sizes, missing task files."""

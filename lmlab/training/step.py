@@ -158,6 +158,7 @@ class NonFiniteGuard:
         self.scaled, self.skip_budget, self.run_dir = scaled, skip_budget, run_dir
         self.per_step = skip_budget > 0
         self._first_bad = torch.zeros((), dtype=torch.long, device=device)
+        self._unchecked = False  # steps observed since the last check
 
     def observe(self, step: int, result: StepResult, state: TrainState, say) -> None:
         if not result.applied:
@@ -167,10 +168,15 @@ class NonFiniteGuard:
             if not self.scaled:  # under a GradScaler an infinite gradient is the scaler's to skip
                 finite = finite & torch.isfinite(result.grad_norm)
             self._first_bad = torch.where(~finite & (self._first_bad == 0), step, self._first_bad)
+            self._unchecked = True
 
     def check(self) -> None:
-        """Raise if a step since the start of this invocation was not finite (one host sync)."""
-        bad = 0 if self.per_step else int(self._first_bad.item())
+        """Raise if a step since the start of this invocation was not finite (one host sync, and
+        none when no step was observed since the last check)."""
+        if not self._unchecked:
+            return
+        self._unchecked = False
+        bad = int(self._first_bad.item())
         if bad:
             raise self._error(bad, "loss or gradient norm")
 

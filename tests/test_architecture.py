@@ -1,0 +1,92 @@
+"""The package's shape holds: one-way import layers (import-linter contracts in pyproject.toml),
+torch.distributed in one file, short files and classes, and lazy imports that say so."""
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+PACKAGE = REPO / "lmlab"
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+MAX_FILE_LINES, MAX_CLASS_LINES = 450, 160
+
+
+def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
+    if not LINT_IMPORTS.exists():
+        pytest.fail(f"{LINT_IMPORTS} is missing: pip install -e '.[dev]' installs import-linter")
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(cwd), "PATH": "/usr/bin:/bin"})
+
+
+def test_import_contracts_hold():
+    out = lint_imports(REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout
+
+
+def test_a_forbidden_import_breaks_a_contract(tmp_path):
+    """The contracts can fail: reports reaching for the training code (and so torch) is caught."""
+    copy = tmp_path / "repo"
+    shutil.copytree(PACKAGE, copy / "lmlab", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
+    runs = copy / "lmlab" / "reports" / "runs.py"
+    runs.write_text(runs.read_text() + "\nfrom lmlab.training import checkpoint  # noqa\n")
+    out = lint_imports(copy)
+    assert out.returncode != 0
+    assert "Reports only read run directories" in out.stdout and "BROKEN" in out.stdout
+    assert "lmlab.reports.runs -> lmlab.training.checkpoint" in out.stdout
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path, path.read_text(encoding="utf-8")
+
+
+def test_only_training_distributed_touches_torch_distributed():
+    allowed = PACKAGE / "training" / "distributed.py"
+    offenders = []
+    for path, source in _modules():
+        for node in ast.walk(ast.parse(source)):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "torch.distributed" or n.startswith("torch.distributed.") for n in names):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+        if "torch.distributed" in source.replace('``torch.distributed``', "") and path != allowed:
+            offenders.append(f"{path.relative_to(REPO)} (uses torch.distributed)")
+    assert offenders == []
+
+
+def test_files_and_classes_stay_short():
+    long_files, long_classes = [], []
+    for path, source in _modules():
+        lines = source.count("\n")
+        if lines > MAX_FILE_LINES:
+            long_files.append(f"{path.relative_to(REPO)}: {lines} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES:
+                long_classes.append(f"{path.relative_to(REPO)}:{node.name}")
+    assert long_files == [] and long_classes == []
+
+
+def test_function_local_imports_are_lazy_on_purpose():
+    """A function-level import hides a dependency from readers (and from import-linter's picture):
+    only a lazy start-up justifies one, and its comment says so ("# lazy: ...")."""
+    unexplained = []
+    for path, source in _modules():
+        lines = source.splitlines()
+        for func in ast.walk(ast.parse(source)):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and "# lazy:" not in lines[node.lineno - 1]:
+                    unexplained.append(f"{path.relative_to(REPO)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert unexplained == []
