@@ -14,6 +14,7 @@ is not one. Nothing here imports torch: ``lmlab runs`` and ``lmlab report`` read
 """
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -29,6 +30,9 @@ EVENTS_FILE = "events.jsonl"
 TOKENIZER_FILE = "tokenizer.json"
 ERRORS_DIR = "errors"
 PLOTS_DIR = "plots"
+REPORT_STEM = "report"  # report.md, report.ja.md, report.html
+TENSORBOARD_DIR, WANDB_DIR = "tensorboard", "wandb"  # the optional sinks' default folders
+WANDB_ID_FILE = "wandb_run_id.txt"  # one W&B run per run directory, continued on resume
 CHECKPOINTS_DIR = "checkpoints"
 # inside a checkpoint
 MODEL_FILE = "model.safetensors"
@@ -41,7 +45,7 @@ MODEL_SIZE_KEY = "model_size"
 # prefix of a checkpoint folder being written, replaced or deleted (never a complete checkpoint)
 TMP_PREFIX = ".tmp-"
 # folders inside a run that never hold runs themselves (not searched by ``lmlab runs``)
-RUN_SUBDIRS = frozenset({CHECKPOINTS_DIR, PLOTS_DIR, ERRORS_DIR, "tensorboard", "wandb"})
+RUN_SUBDIRS = frozenset({CHECKPOINTS_DIR, PLOTS_DIR, ERRORS_DIR, TENSORBOARD_DIR, WANDB_DIR})
 _STEP_DIGITS = 10
 
 
@@ -147,18 +151,30 @@ def is_run_dir(path: str | Path) -> bool:
         (path / METRICS_FILE).is_file() or checkpoints_root(path).is_dir())
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Every JSON object of a run's JSON-lines file (metrics, events); missing file: []. A line
-    that does not parse (a write cut off by a kill) is skipped rather than failing the reader."""
+def read_jsonl(path: str | Path, strict: bool = False) -> list[dict]:
+    """Every JSON object of a JSON-lines file (``.gz`` decompressed on the fly); the one reader of
+    JSON lines in lmlab.
+
+    Run files (metrics, events; ``strict=False``): a missing file reads as [], and a line that does
+    not parse (a write cut off by a kill) is skipped rather than failing the report of a run that
+    died. Input data (``strict=True``, e.g. the evaluation task files): any problem raises
+    ``OSError`` / ``ValueError`` naming the line, for the caller to turn into its fix."""
+    path = Path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8",
+                                                          errors="strict" if strict else "replace") as handle:
+            lines = handle.read().splitlines()
     except OSError:
+        if strict:
+            raise
         return []
     out = []
-    for line in text.splitlines():
+    for number, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = json.loads(line) if line.strip() or not strict else None
+        except ValueError as err:
+            if strict:
+                raise ValueError(f"line {number}: {err}") from None
             continue
         if isinstance(record, dict):
             out.append(record)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -24,8 +24,9 @@ from lmlab.rundir import (CONFIG_FILE, MODEL_FILE, STATE_FILE, TOKENIZER_FILE, i
 from lmlab.training.checkpoint import load_model_weights
 from lmlab.training.runtime import resolve_device
 
-if TYPE_CHECKING:
-    from lmlab.config import RunConfig
+# The run's config arrives as an argument (``lmlab.config.RunConfig``, loaded by the application):
+# evaluation sits below config in the layers and never imports it.
+RunConfig = Any
 
 
 @dataclass

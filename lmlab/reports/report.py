@@ -15,7 +15,7 @@ from lmlab.reports.text import Text
 def report_path(run_dir: str | Path, lang: str = "en", fmt: str = "md") -> Path:
     """``report.md`` / ``report.html``; other languages get ``report.<lang>.md`` so that writing
     the Japanese report does not overwrite the English one."""
-    return Path(run_dir) / ("report" + ("" if lang == "en" else f".{lang}") + f".{fmt}")
+    return Path(run_dir) / (rundir.REPORT_STEM + ("" if lang == "en" else f".{lang}") + f".{fmt}")
 
 
 def write_report(run_dir: str | Path, lang: str = "en", fmt: str = "md") -> Path:

@@ -16,11 +16,10 @@ import secrets
 import warnings
 from pathlib import Path
 
-from lmlab.rundir import METRICS_FILE
+from lmlab.rundir import METRICS_FILE, TENSORBOARD_DIR, WANDB_ID_FILE
 from lmlab.runlog import redact, redact_text
 from lmlab.training.metrics import JsonlSink, LoggingConfig, TensorBoardConfig, WandbConfig
 
-WANDB_ID_FILE = "wandb_run_id.txt"
 # W&B settings that keep the run fast and private: no stdout/stderr copy (output.log), no metadata
 # (argv, host, user, git remote, executable), no system-stats sampler, no code/requirements/job.
 WANDB_SETTINGS = {"console": "off", "silent": True, "x_disable_meta": True, "x_disable_stats": True,
@@ -140,7 +139,7 @@ class TensorBoardSink:
     def __init__(self, cfg: TensorBoardConfig, run_dir: Path, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter  # lazy: optional sink
 
-        log_dir = Path(cfg.log_dir) if cfg.log_dir else Path(run_dir) / "tensorboard"
+        log_dir = Path(cfg.log_dir) if cfg.log_dir else Path(run_dir) / TENSORBOARD_DIR
         # purge_step hides what a killed attempt logged after the checkpoint being resumed from,
         # as truncate_metrics does for metrics.jsonl.
         purge = resume_step + 1 if resume_step else None

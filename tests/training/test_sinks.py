@@ -9,10 +9,10 @@ import pytest
 
 from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab
 from lmlab.config import describe_fields, load_config_collecting
+from lmlab.rundir import WANDB_ID_FILE, read_jsonl
 from lmlab.training import sinks as sinks_mod
-from lmlab.rundir import read_jsonl
 from lmlab.training.metrics import LoggingConfig, TensorBoardConfig, WandbConfig, check
-from lmlab.training.sinks import WANDB_ID_FILE, build_sinks, numeric_only
+from lmlab.training.sinks import build_sinks, numeric_only
 
 # A CPU-only run logs mfu as None and the loop logs epoch numbers too: both shapes appear here.
 METRICS = [{"loss": 2.5, "lr": 1e-3, "mfu": None}, {"loss": 2.0, "lr": 1e-3, "mfu": None},

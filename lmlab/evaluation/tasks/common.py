@@ -1,22 +1,19 @@
 """Reading the local task files into the ``datasets`` objects lm-eval's ConfigurableTask expects."""
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 from typing import Callable
 
 from lmlab.errors import LmlabError
+from lmlab.rundir import read_jsonl
 
 _CACHE: dict[tuple, object] = {}
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """One JSON object per line; ``.gz`` files are decompressed on the fly."""
-    opener = gzip.open if path.suffix == ".gz" else open
+def read_task_file(path: Path) -> list[dict]:
+    """An upstream task file (JSON lines, maybe ``.gz``); a damaged one is a user error with the fix."""
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        return read_jsonl(path, strict=True)
     except (OSError, ValueError) as err:
         raise LmlabError(f"cannot read task file {path}: {err}. Fix: restore the upstream file "
                          "(see the data directory's README).") from None

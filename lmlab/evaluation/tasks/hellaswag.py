@@ -7,7 +7,7 @@ import re
 from functools import partial
 from pathlib import Path
 
-from lmlab.evaluation.tasks.common import cached_validation_split, read_jsonl
+from lmlab.evaluation.tasks.common import cached_validation_split, read_task_file
 
 DOCS = "hellaswag/hellaswag_val.jsonl.gz"
 _BRACKETED = re.compile(r"\[.*?\]")
@@ -30,7 +30,7 @@ def process_doc(doc: dict) -> dict:
 def load_docs(data_dir: Path) -> list[dict]:
     # processed once at load time rather than through the task's process_docs, which lm-eval would
     # re-run over all 10,042 documents every time it asks for the split
-    return [process_doc(d) for d in read_jsonl(data_dir / DOCS)]
+    return [process_doc(d) for d in read_task_file(data_dir / DOCS)]
 
 
 def _dataset(data_dir: Path, **_metadata):

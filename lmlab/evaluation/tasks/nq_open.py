@@ -7,14 +7,14 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from lmlab.evaluation.tasks.common import cached_validation_split, read_jsonl
+from lmlab.evaluation.tasks.common import cached_validation_split, read_task_file
 
 DOCS = "nq_open/NQ-open.dev.jsonl"
 
 
 def load_docs(data_dir: Path) -> list[dict]:
     return [{"question": d["question"], "answer": list(d["answer"])}
-            for d in read_jsonl(data_dir / DOCS)]
+            for d in read_task_file(data_dir / DOCS)]
 
 
 def _dataset(data_dir: Path, **_metadata):

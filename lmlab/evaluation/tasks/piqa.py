@@ -7,13 +7,13 @@ from functools import partial
 from pathlib import Path
 
 from lmlab.errors import LmlabError
-from lmlab.evaluation.tasks.common import cached_validation_split, read_jsonl
+from lmlab.evaluation.tasks.common import cached_validation_split, read_task_file
 
 DOCS, LABELS = "piqa/valid.jsonl", "piqa/valid-labels.lst"
 
 
 def load_docs(data_dir: Path) -> list[dict]:
-    rows = read_jsonl(data_dir / DOCS)
+    rows = read_task_file(data_dir / DOCS)
     labels = [int(x) for x in (data_dir / LABELS).read_text(encoding="utf-8").split()]
     if len(labels) != len(rows):
         raise LmlabError(f"{data_dir / LABELS} has {len(labels)} labels for {len(rows)} items in "
