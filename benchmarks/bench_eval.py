@@ -8,7 +8,7 @@ trained run with ``--checkpoint``. Measured in one run:
   scored by ``lmlab.evaluation.harness.LmlabLM.loglikelihood``, lm-eval ``Instance`` objects in;
 * generation: greedy ``lmlab.evaluation.generation.generate`` on equal-length prompts, batched;
   then the same decoding one prompt at a time, cached (``generate``) against uncached
-  (this script's ``greedy_uncached``: a full forward over the growing sequence per token), and their
+  (this script's ``greedy_reference``: a full forward over the growing sequence per token), and their
   ratio.
 
     python benchmarks/bench_eval.py [--device cpu --threads 2 --checkpoint runs/quickstart --json]
@@ -36,7 +36,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from lmlab.config import load_config  # noqa: E402
 from lmlab.data.tokenizers import train_tokenizer  # noqa: E402
-from lmlab.evaluation.generation import encode_prompt, eval_mode, generate, model_device  # noqa: E402
+from lmlab.evaluation.generation import encode_prompt, generate, greedy_reference  # noqa: E402
 from lmlab.evaluation.harness import LmlabLM  # noqa: E402
 from lmlab.evaluation.loading import load_for_eval, saved_config_file  # noqa: E402
 from lmlab.models.registry import build_model, resolve_model_config  # noqa: E402
@@ -135,21 +135,11 @@ def time_generate(model, tokenizer, prompts: list[str], max_tokens: int,
     return elapsed, counter.tokens, texts
 
 
-def greedy_uncached(model, ids: list[int], n: int) -> list[int]:
-    """The uncached baseline: re-runs ``forward`` on the whole growing sequence for every token."""
-    seq = list(ids)
-    with eval_mode(model):
-        for _ in range(n):
-            logits = model(torch.tensor([seq], dtype=torch.long, device=model_device(model)))
-            seq.append(int(logits[0, -1].argmax()))
-    return seq[len(ids):]
-
-
 def time_uncached(model, tokenizer, prompts: list[str], max_tokens: int) -> tuple[float, int, list[str]]:
-    """(seconds, decoded tokens, texts) for ``greedy_uncached`` on each prompt (batch 1); the texts
-    are cut at EOS like ``generate``'s, the count is not (greedy_uncached never stops early)."""
+    """(seconds, decoded tokens, texts) for ``greedy_reference`` on each prompt (batch 1); the texts
+    are cut at EOS like ``generate``'s, the count is not (greedy_reference never stops early)."""
     start = time.perf_counter()
-    outs = [greedy_uncached(model, encode_prompt(tokenizer, p), max_tokens) for p in prompts]
+    outs = [greedy_reference(model, encode_prompt(tokenizer, p), max_tokens) for p in prompts]
     elapsed = time.perf_counter() - start
     eos = tokenizer.eos_id
     texts = [tokenizer.decode(ids[: ids.index(eos)] if eos in ids else ids) for ids in outs]
@@ -224,7 +214,7 @@ def print_table(res: dict, source: str, args: argparse.Namespace) -> None:
          f"{res['gen_tokens_per_s']:,.1f} tokens/s"),
         (f"generate greedy, batch 1 ({args.uncached_prompts} prompts)",
          f"{res['cached_b1_tokens_per_s']:,.1f} tokens/s"),
-        (f"greedy_uncached, batch 1 ({args.uncached_prompts} prompts)",
+        (f"greedy_reference (no cache), batch 1 ({args.uncached_prompts} prompts)",
          f"{res['uncached_b1_tokens_per_s']:,.1f} tokens/s"),
         ("cache speedup (batch 1, cached / uncached)",
          f"{res['cache_speedup']:.2f}x (same text: {res['cached_equals_uncached']})"),

@@ -61,6 +61,18 @@ def fit_prompt(ids: list[int], max_seq_len: int | None, max_tokens: int) -> tupl
     return ids, max(0, min(max_tokens, max_seq_len - len(ids) + 1))
 
 
+def greedy_reference(model, ids: Sequence[int], n: int) -> list[int]:
+    """Greedy decoding without any cache: a full ``forward`` over the growing sequence per token.
+    The reference that cached decoding through ``step`` must reproduce (tests), and the baseline
+    ``benchmarks/bench_eval.py`` times it against."""
+    seq = list(ids)
+    with eval_mode(model):
+        for _ in range(n):
+            logits = model(torch.tensor([seq], dtype=torch.long, device=model_device(model)))
+            seq.append(int(logits[0, -1].argmax()))
+    return seq[len(ids):]
+
+
 def sample_next(logits: Tensor, temperature: float, top_p: float,
                 generator: torch.Generator | None) -> Tensor:
     """(B, V) logits -> (B,) next ids: argmax at temperature 0, else nucleus sampling."""

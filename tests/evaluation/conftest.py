@@ -3,7 +3,6 @@ the uncached greedy reference decoder, and loading a run the way the apps do."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 from helpers import toy_texts
 from lmlab.config import load_config
 from lmlab.data.tokenizers import ByteTokenizer, WordTokenizer
-from lmlab.evaluation.generation import eval_mode, model_device
+from lmlab.evaluation.generation import greedy_reference
 from lmlab.evaluation.loading import LoadedRun, load_for_eval, saved_config_file
 from lmlab.models.context_vector import ContextVectorConfig, ContextVectorLM
 from lmlab.models.transformer import Transformer, TransformerConfig
@@ -28,20 +27,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def reference_greedy(model, ids: Sequence[int], n: int) -> list[int]:
-    """Reference greedy decoding: re-runs ``forward`` on the whole growing sequence for every token
-    (what cached decoding through ``step`` must reproduce)."""
-    seq = list(ids)
-    with eval_mode(model):
-        for _ in range(n):
-            logits = model(torch.tensor([seq], dtype=torch.long, device=model_device(model)))
-            seq.append(int(logits[0, -1].argmax()))
-    return seq[len(ids):]
-
-
 @pytest.fixture(scope="session")
 def greedy_uncached():
-    return reference_greedy
+    return greedy_reference
 
 
 def load_run(path: str | Path, overrides: list[str] = (), device: str = "cpu") -> LoadedRun:
