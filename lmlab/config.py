@@ -26,6 +26,7 @@ from lmlab.errors import ConfigError, Problem, did_you_mean
 from lmlab.evaluation.config import EvalConfig
 from lmlab.models.registry import DEFAULT_MODEL, MODELS, model_config_class
 from lmlab.training.checkpoint import CheckpointConfig
+from lmlab.training.distributed import DistributedConfig
 from lmlab.training.metrics import LoggingConfig
 from lmlab.training.optim import OptimConfig, scaled_lr
 from lmlab.training.step import TrainingConfig
@@ -81,6 +82,9 @@ class RunConfig:
     )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "Logging."})
+    distributed: DistributedConfig = field(
+        default_factory=DistributedConfig,
+        metadata={"help": "Several processes (torchrun, lmlab train --nproc, SLURM)."})
 
 
 # --------------------------------------------------------------------------- loading

@@ -21,17 +21,19 @@ from lmlab.models import registry
 from lmlab.training import checkpoint, distributed, metrics, optim, step
 
 
-def load_and_check(path, overrides: list[str] = ()) -> RunConfig:
-    """Load a config and preflight it; raises one ConfigError with every problem of both stages."""
+def load_and_check(path, overrides: list[str] = (), world_size: int | None = None) -> RunConfig:
+    """Load a config and preflight it for ``world_size`` processes (default: as launched); raises
+    one ConfigError with every problem of both stages."""
     cfg, problems = config_mod.load_config_collecting(path, overrides)
     flagged = {p.key for p in problems}
-    problems += [p for p in preflight_problems(cfg) if p.key not in flagged]
+    world = distributed.launched_world_size() if world_size is None else world_size
+    problems += [p for p in preflight_problems(cfg, world) if p.key not in flagged]
     if problems:
         raise ConfigError(problems, source=str(path or "defaults"))
     return cfg
 
 
-def preflight_problems(cfg: RunConfig) -> list[Problem]:
+def preflight_problems(cfg: RunConfig, world_size: int = 1) -> list[Problem]:
     data = cfg.data
     val_enabled = cfg.eval.validation.enabled
     problems = _run_problems(cfg)
@@ -44,6 +46,12 @@ def preflight_problems(cfg: RunConfig) -> list[Problem]:
     problems += metrics.check(cfg.logging)
     problems += eval_config.check(cfg.eval)
     problems += step.check(cfg.training)
+    problems += distributed.check(cfg.distributed, world_size, data.batch_size, cfg.training.grad_accum,
+                                  cfg.model.name, cfg.device)
+    if world_size > 1 and cfg.eval.every:
+        problems.append(Problem("eval.every", f"harness tasks during training run on one process; "
+                                f"this run has {world_size}.", "set eval.every=0 and run `lmlab eval "
+                                "RUN` after training (or on a checkpoint while it trains)"))
     return problems
 
 
@@ -72,9 +80,6 @@ def _run_problems(cfg: RunConfig) -> list[Problem]:
     problem = _dump_dir_problem(Path(cfg.dump_dir))
     if problem:
         problems.append(problem)
-    message = distributed.check_single_process()
-    if message:
-        problems.append(Problem("launch", message, "run lmlab as a single process"))
     return problems
 
 

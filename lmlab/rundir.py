@@ -33,10 +33,12 @@ PLOTS_DIR = "plots"
 REPORT_STEM = "report"  # report.md, report.ja.md, report.html
 TENSORBOARD_DIR, WANDB_DIR = "tensorboard", "wandb"  # the optional sinks' default folders
 WANDB_ID_FILE = "wandb_run_id.txt"  # one W&B run per run directory, continued on resume
+PREEMPT_FILE = "preempt.request"  # created by a scheduler script: save a checkpoint and exit 0
 CHECKPOINTS_DIR = "checkpoints"
 # inside a checkpoint
 MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
+OPTIMIZER_FILE = "optimizer.pt"  # the whole optimizer state (one process, DDP)
+OPTIMIZER_DIR = "optimizer"  # FSDP: its shards, written by torch.distributed.checkpoint
 STATE_FILE = "train_state.json"
 EVAL_RESULTS_FILE = "eval_results.json"
 BEST, FINAL = "best", "final"

@@ -161,18 +161,12 @@ def _write_traceback(run_dir: Path, exc: BaseException, phase: str, summary: dic
 
 class EventLog:
     """Appends events to ``<run_dir>/events.jsonl`` (the directory is created on the first event).
+    Typical use: ``with log.run(command=...): with log.phase("data"): ...``, then
+    ``log.set_result(status, step=...)``. With ``write=False`` (the ranks other than 0 of a
+    several-process job) it records nothing and only passes exceptions through."""
 
-    Typical use (the CLI's ``train``)::
-
-        log = EventLog(cfg.dump_dir)
-        with log.run(command=argv):            # run_start ... run_end, warnings, SIGTERM
-            with log.phase("data"): ...
-            with log.phase("train"): summary = ...
-            log.set_result(summary["status"], step=summary["step"])
-    """
-
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path, write: bool = True):
+        self.run_dir, self.write = Path(run_dir), write
         self.path = self.run_dir / EVENTS_FILE
         self._phase_started: dict[str, float] = {}
         self._run_started: float | None = None
@@ -185,6 +179,8 @@ class EventLog:
         """Append one event (redacted) and return it as written."""
         iso, unix = _now()
         record = redact({"event": event, "time": iso, "unix": unix, **fields})
+        if not self.write:
+            return record
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # One write() per line on an O_APPEND handle, reopened each time: lines from concurrent
@@ -287,7 +283,7 @@ class EventLog:
         where, function = exception_location(exc)
         summary = {"type": type(exc).__name__, "message": str(exc), "where": where,
                    "function": function}
-        summary["traceback_file"] = _write_traceback(self.run_dir, exc, phase, summary)
+        summary["traceback_file"] = _write_traceback(self.run_dir, exc, phase, summary) if self.write else None
         summary = redact(summary)
         self._failures[id(exc)] = (exc, summary, phase)
         return summary, phase

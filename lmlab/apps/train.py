@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from lmlab import rundir
 from lmlab.config import config_to_dict, dump_config, finalize_config
 from lmlab.data.pipeline import build_data
@@ -22,79 +24,103 @@ from lmlab.evaluation.results import format_rows, write_results
 from lmlab.evaluation.runner import run_evaluation
 from lmlab.preflight import load_and_check
 from lmlab.runlog import EventLog, exception_location, redact_text, write_provenance
+from lmlab.training import distributed
 from lmlab.training.build import TrainingParts, build_parts
 from lmlab.training.console import Console
+from lmlab.training.distributed import SINGLE, Dist
 from lmlab.training.loop import Trainer
 from lmlab.training.metrics import truncate_metrics
 from lmlab.training.resume import Resume, find_resume, publish_interrupted, restore
 from lmlab.training.runtime import Runtime, device_info, resolve_runtime
-from lmlab.training.sinks import build_sinks
+from lmlab.training.sinks import NullSink, build_sinks
 from lmlab.training.step import TrainState
 
 
 def run(args) -> int:
     started = time.perf_counter()
+    if args.nproc > 1 and distributed.launched_world_size() == 1:
+        load_and_check(args.config, args.overrides, world_size=args.nproc)  # refuse before launching
+        return distributed.launch_local(args.nproc, _without_nproc(args.argv))
     cfg = load_and_check(args.config, args.overrides)
-    events = EventLog(cfg.dump_dir)
+    d = distributed.setup(cfg.distributed, cfg.device)
+    events = EventLog(cfg.dump_dir, write=d.is_main)
     try:
-        with events.run(command=" ".join(["lmlab", *args.argv])):
+        with events.run(command=" ".join(["lmlab", *args.argv]), world_size=d.world_size):
             # preflight ran before the run directory may exist; recorded now that it does
             events.emit("phase_start", phase="preflight")
             events.emit("phase_end", phase="preflight", status="ok", seconds=time.perf_counter() - started)
-            summary = train(cfg, args.argv, events)
+            summary = train(cfg, args.argv, events, d)
             events.set_result(summary["status"], step=summary.get("step"),
                               failed_evals=summary.get("failed_evals", []))
     except LmlabError:
         raise
     except Exception as err:  # noqa: BLE001 -- recorded above; say where to look instead of a bare crash
-        return _report_crash(err, events)
+        return _report_crash(err, events, d)
+    finally:
+        distributed.teardown(d)
     return 0
 
 
-def _report_crash(err: Exception, events: EventLog) -> int:
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line to repeat in every process: ``--nproc N`` / ``--nproc=N`` removed."""
+    out, skip = [], False
+    for word in argv:
+        if skip or word.startswith("--nproc="):
+            skip = False
+            continue
+        skip = word == "--nproc"
+        if not skip:
+            out.append(word)
+    return out
+
+
+def _report_crash(err: Exception, events: EventLog, d: Dist) -> int:
     summary, phase = events.record_exception(err, "run")  # already recorded: returns that (redacted) record
     traceback_file = summary.get("traceback_file")
-    print(f"lmlab train: failed in phase {phase}: {summary['type']}: {summary['message']} "
+    who = f" (rank {d.rank} of {d.world_size})" if d.enabled else ""
+    print(f"lmlab train{who}: failed in phase {phase}: {summary['type']}: {summary['message']} "
           f"(at {summary['where']})\n"
           f"  traceback: {events.run_dir / traceback_file if traceback_file else 'not written'}\n"
           f"  explanation and fix: lmlab report {events.run_dir}", file=sys.stderr)
     return 1
 
 
-def train(cfg, argv: list[str], events: EventLog) -> dict:
-    """Run (or resume) training for a preflighted config; returns the loop's summary."""
+def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
+    """Run (or resume) training for a preflighted config on this process's share of the job;
+    returns the loop's summary. Rank 0 alone writes the run directory; the ranks wait for it
+    where they read what it wrote (the tokenizer, the cleaned-up checkpoints)."""
     cfg = finalize_config(cfg)
     run_dir = Path(cfg.dump_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runtime = resolve_runtime(cfg.device, cfg.precision)
-    console = Console(cfg.logging.progress_bar)
-    resume = find_resume(run_dir, console.line)
+    runtime = resolve_runtime(cfg.device, cfg.precision, d.local_rank)
+    console = Console(cfg.logging.progress_bar, enabled=d.is_main)
+    resume = _main_first(d, lambda: _prepare_run_dir(run_dir, console, d))
     with events.phase("data"):
-        data = build_data(cfg, run_dir)
+        data = _main_first(d, lambda: build_data(cfg, run_dir))
     if resume:
-        publish_interrupted(run_dir, resume)
+        if d.is_main:
+            publish_interrupted(run_dir, resume)
         if resume.finished(data.total_steps):
             console.line(f"run {run_dir} already finished at step {resume.step}/{data.total_steps}; "
                          "nothing to do. Raise steps/epochs to train longer, or use a new dump_dir "
                          "to start over.")
             return {"status": "finished", "step": resume.step, "resumed": True}
     with events.phase("build"):
-        parts = build_parts(cfg, data.tokenizer.vocab_size, runtime)
-        state = restore(parts, data.train, resume) if resume else TrainState()
+        parts = build_parts(cfg, data.tokenizer.vocab_size, runtime, d, resume and resume.checkpoint)
+        state = restore(parts, data.train, resume, d) if resume else TrainState()
+        if d.rank > 0 and not resume:
+            torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout draws (rank 0 as alone)
         if resume:
             console.line(f"resuming {run_dir} from checkpoint {resume.checkpoint.name}")
-        # drop what a killed attempt logged after its last checkpoint (everything if it saved none)
-        truncate_metrics(run_dir / rundir.METRICS_FILE, state.step)
-        sink = build_sinks(cfg.logging, run_dir, cfg.name, config_to_dict(cfg), resume_step=state.step)
+        sink = _open_sink(cfg, run_dir, state, d)
         for note in sink.notes:
             console.line(note)
-        _print_model_line(console, parts, runtime)
-    _write_run_files(cfg, argv, runtime, parts, resume)  # after build: a refused resume changes nothing
+        _print_model_line(console, parts, runtime, d)
+    _write_run_files(cfg, argv, runtime, parts, resume, d)  # after build: a refused resume changes nothing
     harness = HarnessAtCheckpoints(cfg, parts.model, data.tokenizer, console, events)
-    if resume:
+    if resume and d.is_main:
         harness.catch_up(resume, state)
     trainer = Trainer(cfg, data, parts, runtime, state, sink, console, events,
-                      resume_command=" ".join(["lmlab", *argv]),
+                      resume_command=" ".join(["lmlab", *argv]), d=d,
                       on_checkpoint=harness if harness.enabled else None)
     try:
         return trainer.run()
@@ -102,17 +128,49 @@ def train(cfg, argv: list[str], events: EventLog) -> dict:
         sink.close()  # also on a crash: TensorBoard buffers its last scalars
 
 
-def _print_model_line(console: Console, parts: TrainingParts, runtime: Runtime) -> None:
+def _main_first(d: Dist, action):
+    """``action`` on rank 0, then (once it is done: it may write what they read) on the others."""
+    result = action() if d.is_main else None
+    distributed.barrier(d)
+    return result if d.is_main else action()
+
+
+def _prepare_run_dir(run_dir: Path, console: Console, d: Dist) -> Resume | None:
+    """The checkpoint to resume from; rank 0 first removes what interrupted saves left behind and
+    a preemption request the previous attempt already obeyed."""
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / rundir.PREEMPT_FILE).unlink(missing_ok=True)
+    return find_resume(run_dir, console.line)
+
+
+def _open_sink(cfg, run_dir: Path, state: TrainState, d: Dist):
+    """metrics.jsonl (+ W&B / TensorBoard) on rank 0; the other ranks log nowhere."""
+    if not d.is_main:
+        return NullSink()
+    # drop what a killed attempt logged after its last checkpoint (everything if it saved none)
+    truncate_metrics(run_dir / rundir.METRICS_FILE, state.step)
+    return build_sinks(cfg.logging, run_dir, cfg.name, config_to_dict(cfg), resume_step=state.step)
+
+
+def _print_model_line(console: Console, parts: TrainingParts, runtime: Runtime, d: Dist) -> None:
     size = parts.size
+    where = f" x {d.world_size} processes ({d.backend})" if d.enabled else ""
     console.line(f"model {size['model']}: {size['params']:,} parameters | {size['flops_per_token']:,} "
-                 f"FLOPs/token ({size['formula']}) | device {runtime.device} {runtime.precision}")
+                 f"FLOPs/token ({size['formula']}) | device {runtime.device}{where} {runtime.precision}")
 
 
 def _write_run_files(cfg, argv: list[str], runtime: Runtime, parts: TrainingParts,
-                     resume: Resume | None) -> None:
+                     resume: Resume | None, d: Dist) -> None:
+    hosts = distributed.hostnames(d)  # every rank takes part
+    if not d.is_main:
+        return
     run_dir = Path(cfg.dump_dir)
     dump_config(cfg, run_dir / rundir.CONFIG_FILE)
-    facts = {rundir.MODEL_SIZE_KEY: parts.size, "resumed_from_step": resume.step if resume else None}
+    facts = {rundir.MODEL_SIZE_KEY: parts.size, "resumed_from_step": resume.step if resume else None,
+             "distributed": {"world_size": d.world_size, "backend": d.backend,
+                             "strategy": cfg.distributed.strategy if d.enabled else None,
+                             "hostnames": sorted(set(hosts))}}
     write_provenance(run_dir, argv, device_info(runtime.device), **facts)
 
 

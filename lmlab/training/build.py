@@ -1,12 +1,17 @@
-"""What a run trains: the model from its config, the optimizer, the loss scaler, and their size."""
+"""What a run trains: the model from its config (with the checkpoint's weights when resuming),
+wrapped for several processes, the optimizer, the loss scaler, and their size."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmlab.models.registry import build_model, model_size, resolve_model_config
+from lmlab.training import checkpoint as ckpt
+from lmlab.training import distributed
+from lmlab.training.distributed import Dist
 from lmlab.training.metrics import peak_flops
 from lmlab.training.optim import build_optimizer
 from lmlab.training.runtime import Runtime
@@ -15,22 +20,29 @@ from lmlab.training.step import seed_everything
 
 @dataclass
 class TrainingParts:
-    model: torch.nn.Module  # a LanguageModel
+    model: torch.nn.Module  # a LanguageModel (FSDP: sharded in place)
     model_cfg: Any  # its resolved config dataclass (vocab_size, max_seq_len filled in)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    forward: Any  # the model, or its torch.compile wrapper
+    forward: Any  # what the step calls: the model, its DDP wrapper, or their torch.compile
     size: dict  # models.registry.model_size
     peak_flops: float | None  # the device's dense bf16 peak, for MFU (None on CPU)
 
 
-def build_parts(cfg, vocab_size: int, runtime: Runtime) -> TrainingParts:
-    """Seeded model init (the same weights for the same seed), then optimizer and scaler."""
+def build_parts(cfg, vocab_size: int, runtime: Runtime, d: Dist, checkpoint: Path | None) -> TrainingParts:
+    """Seeded model init (the same weights for the same seed on every rank), the weights of
+    ``checkpoint`` when resuming (loaded whole, before any sharding), the parallel wrapper, then
+    the optimizer over the (possibly sharded) parameters and its saved state."""
     seed_everything(cfg.seed)
     model_cfg = resolve_model_config(cfg.model, vocab_size, cfg.data.seq_len)
     model = build_model(model_cfg).to(runtime.device)
-    optimizer = build_optimizer(model, cfg.optim, runtime.device)
     size = model_size(model, model_cfg, cfg.data.seq_len, cfg.data.batch_size)
-    forward = torch.compile(model) if cfg.compile else model
+    if checkpoint:
+        ckpt.load_model_weights(model, checkpoint)
+    wrapped = distributed.wrap(model, cfg.distributed.strategy, d)
+    optimizer = build_optimizer(model, cfg.optim, runtime.device)
+    if checkpoint:
+        ckpt.load_optimizer(model, optimizer, checkpoint)
+    forward = torch.compile(wrapped) if cfg.compile else wrapped
     return TrainingParts(model, model_cfg, optimizer, runtime.grad_scaler(), forward, size,
                          peak_flops(runtime.device))

@@ -23,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from lmlab.errors import LmlabError, Problem
-from lmlab.rundir import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TMP_PREFIX, checkpoints_root,
-                          is_step_name, latest_checkpoint, step_checkpoints)
+from lmlab.rundir import (MODEL_FILE, OPTIMIZER_DIR, OPTIMIZER_FILE, STATE_FILE, TMP_PREFIX,
+                          checkpoints_root, is_step_name, latest_checkpoint, step_checkpoints)
+from lmlab.training import distributed
+from lmlab.training.distributed import SINGLE, Dist
 
 
 @dataclass
@@ -58,24 +60,74 @@ def check(cfg: CheckpointConfig) -> list[Problem]:
 # --------------------------------------------------------------------------- saving
 
 
-def save_checkpoint(run_dir: Path, name: str, model: nn.Module, optimizer, state: dict) -> Path:
-    """Atomically write checkpoint ``name`` (a step name, ``best`` or ``final``); returns its path."""
+def save_checkpoint(run_dir: Path, name: str, model: nn.Module, optimizer, state: dict,
+                    d: Dist = SINGLE) -> Path:
+    """Atomically write checkpoint ``name`` (a step name, ``best`` or ``final``); returns its path.
+
+    With several processes every rank calls it: rank 0 writes the whole weights (gathered from
+    the shards under FSDP) and the train state; the optimizer state is written by rank 0 when every
+    rank holds all of it (DDP) or by every rank, sharded, through torch.distributed.checkpoint
+    (FSDP). The ranks agree that every part was written before rank 0 renames the folder into
+    place, so a step folder is complete however many processes wrote it.
+    """
     root = checkpoints_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_model(model, str(tmp / MODEL_FILE))
+    tmp, target = root / f"{TMP_PREFIX}{name}-{d.tag or os.getpid()}", root / name
+    _agree(_attempt(d.is_main, lambda: _fresh_dir(tmp)), d, run_dir, tmp, target)
+    whole = distributed.full_model_state(model, d) if distributed.sharded(model) else None
+    error = None
+    if distributed.sharded(model):
+        error = _attempt(True, lambda: distributed.save_sharded_optimizer(model, optimizer, tmp / OPTIMIZER_DIR))
+    if d.is_main:
+        error = error or _attempt(True, lambda: _write_main_parts(tmp, model, whole, optimizer, state))
+    _agree(error, d, run_dir, tmp, target)
+    _agree(_attempt(d.is_main, lambda: _replace_dir(tmp, target)), d, run_dir, tmp, target)
+    return target
+
+
+def _fresh_dir(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+
+
+def _write_main_parts(tmp: Path, model: nn.Module, whole: dict | None, optimizer, state: dict) -> None:
+    if whole is None:
+        save_model(model, str(tmp / MODEL_FILE))  # stores a tied tensor once
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
-        _fsync_tree(tmp)
-        return _replace_dir(tmp, root / name)
+    else:
+        save_file(_untied(whole, model), str(tmp / MODEL_FILE))
+    (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+    _fsync_tree(tmp)
+
+
+def _untied(state: dict, model: nn.Module) -> dict:
+    """A gathered state dict with each tied tensor once (under the name ``save_model`` keeps)."""
+    first = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        first.setdefault(id(param), name)
+    tied = {name for name, param in model.named_parameters(remove_duplicate=False) if first[id(param)] != name}
+    return {k: v.contiguous() for k, v in state.items() if k not in tied}
+
+
+def _attempt(run: bool, action) -> Exception | None:
+    """Run ``action`` (when ``run``); a failed write is returned, for the ranks to agree on."""
+    if not run:
+        return None
+    try:
+        action()
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
         if isinstance(err, RuntimeError) and "write" not in str(err).lower():
             raise
-        raise _save_error(run_dir, tmp, root / name, err) from None
+        return err
+    return None
+
+
+def _agree(error: Exception | None, d: Dist, run_dir: Path, tmp: Path, target: Path) -> None:
+    """Every rank learns whether any rank failed; then all raise the same user error."""
+    if distributed.any_rank(error is not None, d):
+        raise _save_error(run_dir, tmp, target, error or OSError("another process of the job could "
+                                                                 "not write its part")) from None
 
 
 def _save_error(run_dir: Path, tmp: Path, target: Path, err: Exception) -> LmlabError:
@@ -102,15 +154,23 @@ def link_checkpoint(run_dir: Path, source: Path, name: str) -> Path:
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        for item in source.iterdir():
-            try:
-                os.link(item, tmp / item.name)
-            except OSError:  # filesystems without hard links
-                shutil.copy2(item, tmp / item.name)
+        _link_tree(source, tmp)
         _fsync_tree(tmp)
         return _replace_dir(tmp, root / name)
     except OSError as err:
         raise _save_error(run_dir, tmp, root / name, err) from None
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    for item in source.iterdir():
+        if item.is_dir():  # the sharded optimizer's folder
+            (target / item.name).mkdir()
+            _link_tree(item, target / item.name)
+            continue
+        try:
+            os.link(item, target / item.name)
+        except OSError:  # filesystems without hard links
+            shutil.copy2(item, target / item.name)
 
 
 def _replace_dir(tmp: Path, target: Path) -> Path:
@@ -127,6 +187,9 @@ def _replace_dir(tmp: Path, target: Path) -> Path:
 
 def _fsync_tree(directory: Path) -> None:
     for item in directory.iterdir():
+        if item.is_dir():
+            _fsync_tree(item)
+            continue
         with open(item, "rb") as handle:
             os.fsync(handle.fileno())
     _fsync_dir(directory)
@@ -215,7 +278,17 @@ def _check_missing_are_tied(model: nn.Module, missing: list[str], file: Path) ->
                          "model config the checkpoint was trained with.")
 
 
-def load_optimizer(optimizer, path: Path) -> None:
+def load_optimizer(model: nn.Module, optimizer, path: Path) -> None:
+    """The checkpoint's optimizer state into ``optimizer`` (over ``model``'s parameters, sharded or
+    not). Sharded state (FSDP) loads on any number of processes and strategies; a whole state
+    (one process, DDP) into a sharded model is refused with the fix."""
+    if (path / OPTIMIZER_DIR).is_dir():
+        distributed.load_sharded_optimizer(model, optimizer, path / OPTIMIZER_DIR)
+        return
+    if distributed.sharded(model):
+        raise LmlabError(f"checkpoint {path} holds the whole optimizer state of a one-process or ddp "
+                         "run, which an fsdp run cannot load sharded. Fix: resume with "
+                         "distributed.strategy=ddp, or start a new dump_dir.")
     file = path / OPTIMIZER_FILE
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)

@@ -11,8 +11,9 @@ from lmlab.humanize import duration, si
 class Console:
     """Log lines on stdout and, on an interactive terminal, a progress bar with ETA on stderr."""
 
-    def __init__(self, progress_bar: bool):
-        self.want_bar = progress_bar and sys.stderr.isatty()
+    def __init__(self, progress_bar: bool, enabled: bool = True):
+        self.enabled = enabled  # several processes: only rank 0 prints
+        self.want_bar = enabled and progress_bar and sys.stderr.isatty()
         self.bar = None
 
     def start_progress(self, total: int, initial: int) -> None:
@@ -26,6 +27,8 @@ class Console:
             self.bar.update(1)
 
     def line(self, text: str) -> None:
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.write(text, file=sys.stdout)
         else:

@@ -1,20 +1,290 @@
-"""The only module that touches ``torch.distributed``.
+"""Several processes, one job: the only module that touches ``torch.distributed``.
 
-lmlab trains on one process today; these helpers are what the rest of the code calls so that a
-multi-process launch (torchrun) later changes only this file.
+``torchrun`` (or ``lmlab train --nproc N``, or a SLURM script) starts one process per device and
+sets RANK / LOCAL_RANK / WORLD_SIZE; ``setup`` joins the process group (NCCL on CUDA, gloo on CPU),
+``wrap`` applies the parallelism (DDP, or FSDP2 ``fully_shard`` per transformer block and the
+root), and the helpers below are every collective the rest of lmlab uses. With one process every
+helper is a no-op, so the single-process path is exactly what it was.
+
+``data.batch_size`` is the global batch: every rank draws the same global batch from the same
+seeded loader and trains on its own rows of it (``shard_rows``), so the data order, the loader
+position saved in a checkpoint and the math do not depend on the number of processes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from lmlab.errors import Problem
+
+STRATEGIES = ["ddp", "fsdp"]
+BACKENDS = ["auto", "nccl", "gloo"]
 
 
-def world_size() -> int:
+@dataclass
+class DistributedConfig:
+    """How a run launched with several processes (torchrun, ``--nproc``, SLURM) trains."""
+
+    strategy: str = field(default="ddp", metadata={
+        "help": "ddp (every rank holds the whole model; gradients all-reduced) or fsdp (FSDP2: "
+                "parameters, gradients and optimizer state sharded per transformer block; "
+                "transformer only).", "choices": STRATEGIES})
+    backend: str = field(default="auto", metadata={
+        "help": "auto (nccl on CUDA, gloo on CPU), nccl or gloo.", "choices": BACKENDS})
+    timeout_s: int = field(default=600, metadata={
+        "help": "How long a collective waits for the other ranks before the job fails (a rank "
+                "that died or hangs ends the job within this time)."})
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    backend: str | None = None  # None: a single process, no process group
+    tag: str = ""  # the same on every rank (rank 0's pid): names shared temporary folders
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 prints and writes the run directory; the others only train."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE = Dist()  # a plain process
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE as set by torchrun / SLURM (1 when launched as a plain process)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def check_single_process() -> str | None:
-    """A problem message when launched with several processes (not supported yet), else None."""
-    if world_size() > 1:
-        return (f"launched with WORLD_SIZE={world_size()}, but lmlab trains on one process for now; "
-                "run without torchrun")
-    return None
+def check(cfg: DistributedConfig, world_size: int, batch_size: int, grad_accum: int, model_name: str,
+          device: str) -> list[Problem]:
+    """What cannot work with ``world_size`` processes, found before anything starts."""
+    problems = []
+    if cfg.timeout_s <= 0:
+        problems.append(Problem("distributed.timeout_s", f"must be > 0, got {cfg.timeout_s}.",
+                                "set distributed.timeout_s=600"))
+    if world_size <= 1:
+        return problems
+    share = world_size * max(grad_accum, 1)
+    if batch_size > 0 and batch_size % share:
+        problems.append(Problem("data.batch_size", f"the global batch {batch_size} does not split "
+                                f"over {world_size} processes x training.grad_accum={grad_accum} "
+                                f"micro-batches ({share}).", f"make data.batch_size a multiple of {share}"))
+    if cfg.strategy == "fsdp" and model_name != "transformer":
+        problems.append(Problem("distributed.strategy", f"fsdp shards transformer blocks; the "
+                                f"{model_name} model has none.", "set distributed.strategy=ddp"))
+    if _backend(cfg, device) == "nccl" and not torch.cuda.is_available():
+        problems.append(Problem("distributed.backend", "nccl needs CUDA GPUs and none is available.",
+                                "set distributed.backend=gloo (CPU) or run on GPUs"))
+    return problems
+
+
+def _backend(cfg: DistributedConfig, device: str) -> str:
+    if cfg.backend != "auto":
+        return cfg.backend
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "nccl" if on_gpu else "gloo"
+
+
+def setup(cfg: DistributedConfig, device: str) -> Dist:
+    """Join the job's process group (when launched with several processes) and bind this rank's GPU."""
+    world = launched_world_size()
+    if world <= 1:
+        return SINGLE
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    backend = _backend(cfg, device)
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout_s))
+    d = Dist(rank, local_rank, world, backend)
+    return Dist(rank, local_rank, world, backend, tag=str(broadcast_object(os.getpid(), d)))
+
+
+def teardown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- collectives
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def sum_(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
+    """In place: the sum of ``tensor`` over all ranks (no host sync on GPU)."""
+    if d.enabled:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """True on every rank when ``flag`` is true on any: a decision all ranks must share."""
+    if not d.enabled:
+        return flag
+    device = torch.device("cuda", d.local_rank) if d.backend == "nccl" else torch.device("cpu")
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_objects(obj, d: Dist) -> list:
+    """Every rank's ``obj``, in rank order (on every rank)."""
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, d: Dist):
+    """Rank 0's ``obj`` on every rank."""
+    if not d.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a DTensor result (FSDP's global gradient norm), else ``tensor``."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def hostnames(d: Dist) -> list[str]:
+    return gather_objects(socket.gethostname(), d)
+
+
+# --------------------------------------------------------------------------- parallelism
+
+
+def shard_rows(batch: torch.Tensor, d: Dist) -> torch.Tensor:
+    """This rank's rows of a global (micro-)batch: ranks take consecutive, disjoint slices."""
+    return batch.tensor_split(d.world_size)[d.rank] if d.enabled else batch
+
+
+def wrap(model: torch.nn.Module, strategy: str, d: Dist) -> torch.nn.Module:
+    """DDP around the model, or FSDP2 applied in place (each ``model.layers`` block, then the root;
+    on CUDA bf16 parameters with fp32 gradient reduction). One process: the model itself."""
+    if not d.enabled:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh  # lazy: FSDP (seconds to import)
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # lazy: FSDP
+
+        mesh = init_device_mesh("cuda" if d.backend == "nccl" else "cpu", (d.world_size,))
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                  if d.backend == "nccl" else MixedPrecisionPolicy())
+        for block in model.layers:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        return model
+    device_ids = [d.local_rank] if d.backend == "nccl" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def accumulating(forward: torch.nn.Module, last: bool):
+    """Gradient accumulation: synchronise gradients only in the last micro-batch's backward."""
+    if last:
+        return contextlib.nullcontext()
+    if hasattr(forward, "no_sync"):  # DDP
+        return forward.no_sync()
+    if hasattr(forward, "set_requires_gradient_sync"):  # FSDP2
+        forward.set_requires_gradient_sync(False)
+        return _resync(forward)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _resync(forward):
+    try:
+        yield
+    finally:
+        forward.set_requires_gradient_sync(True)
+
+
+# --------------------------------------------------------------------------- checkpoint state
+
+
+def sharded(model: torch.nn.Module) -> bool:
+    """FSDP2 holds parameters as DTensor shards."""
+    return any(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
+def full_model_state(model: torch.nn.Module, d: Dist) -> dict[str, torch.Tensor]:
+    """The whole model's tensors on CPU, on rank 0 (gathered from the shards under FSDP)."""
+    if not sharded(model):
+        return model.state_dict()
+    sd = _state_dict_api()
+    return sd.get_model_state_dict(model, options=sd.StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole-model state dict into a (possibly sharded) model."""
+    if sharded(model):
+        sd = _state_dict_api()
+        sd.set_model_state_dict(model, state, options=sd.StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        model.load_state_dict(state, strict=False)
+
+
+def save_sharded_optimizer(model, optimizer, folder: Path) -> None:
+    """FSDP: every rank writes its shard of the optimizer state with torch.distributed.checkpoint
+    (DCP), which can load it again on any number of ranks."""
+    import torch.distributed.checkpoint as dcp  # lazy: DCP (seconds to import)
+
+    dcp.save(_state_dict_api().get_optimizer_state_dict(model, optimizer), checkpoint_id=str(folder))
+
+
+def load_sharded_optimizer(model, optimizer, folder: Path) -> None:
+    import torch.distributed.checkpoint as dcp  # lazy: DCP (seconds to import)
+
+    sd = _state_dict_api()
+    state = sd.get_optimizer_state_dict(model, optimizer)
+    dcp.load(state, checkpoint_id=str(folder))
+    sd.set_optimizer_state_dict(model, optimizer, state)
+
+
+def load_full_optimizer(model, optimizer, state: dict) -> None:
+    """A whole optimizer state (``optimizer.pt``) into a sharded model's optimizer."""
+    sd = _state_dict_api()
+    sd.set_optimizer_state_dict(model, optimizer, state, options=sd.StateDictOptions(full_state_dict=True))
+
+
+def _state_dict_api():
+    """torch.distributed.checkpoint.state_dict: only sharded (FSDP) runs need it."""
+    import torch.distributed.checkpoint.state_dict as api  # lazy: DCP (seconds to import)
+
+    return api
+
+
+# --------------------------------------------------------------------------- launching
+
+
+def launch_local(nproc: int, argv: list[str]) -> int:
+    """``lmlab train ... --nproc N``: run ``argv`` under torchrun with N processes on this node."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "lmlab", *argv]
+    print(f"launching {nproc} processes: {' '.join(command[1:])}", flush=True)
+    return subprocess.call(command)

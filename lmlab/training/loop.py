@@ -20,7 +20,9 @@ import torch
 
 from lmlab import rundir
 from lmlab.training import checkpoint as ckpt
+from lmlab.training import distributed
 from lmlab.training.build import TrainingParts
+from lmlab.training.distributed import SINGLE, Dist
 from lmlab.training.console import Console, LogWindow, format_train_line, format_val_line
 from lmlab.training.metrics import peak_memory_gib, throughput
 from lmlab.training.optim import lr_at, set_lr
@@ -37,9 +39,9 @@ class Trainer:
     """Trains ``parts`` on ``data`` from ``state`` to the end of the plan (or a stop/preemption)."""
 
     def __init__(self, cfg, data, parts: TrainingParts, runtime, state: TrainState, sink,
-                 console: Console, events, resume_command: str,
+                 console: Console, events, resume_command: str, d: Dist = SINGLE,
                  on_checkpoint: CheckpointHook | None = None):
-        self.cfg, self.data, self.parts, self.runtime = cfg, data, parts, runtime
+        self.cfg, self.data, self.parts, self.runtime, self.d = cfg, data, parts, runtime, d
         self.state, self.sink, self.console, self.events = state, sink, console, events
         self.on_checkpoint, self.resume_command = on_checkpoint, resume_command
         self.run_dir = Path(cfg.dump_dir)
@@ -56,7 +58,8 @@ class Trainer:
 
     def run(self) -> dict:
         """Train; returns the summary (status, step, failed evaluations, last validation)."""
-        with PreemptionSignals() as self.preemption, self.events.phase("train", step=self.state.step):
+        request = self.run_dir / rundir.PREEMPT_FILE
+        with PreemptionSignals(request) as self.preemption, self.events.phase("train", step=self.state.step):
             return self._loop(self.data.total_steps)
 
     def _loop(self, total: int) -> dict:
@@ -72,7 +75,7 @@ class Trainer:
             set_lr(self.parts.optimizer, lr)
             result = train_step(self.parts.forward, batch, self.parts.optimizer, self.runtime,
                                 self.parts.scaler, cfg.optim.clip, cfg.training.grad_accum,
-                                self.data.pad_id, skip_nonfinite=self.guard.per_step)
+                                self.data.pad_id, skip_nonfinite=self.guard.per_step, d=self.d)
             self._account(step, batch, result, window, data_s)
             if cfg.logging.due(step, total):
                 self._log(step, total, result, lr, window)
@@ -84,11 +87,21 @@ class Trainer:
                     self._validate(step)
                 if cfg.checkpoint.due(step, total) or step == cfg.training.stop_at:
                     self._save(step, finished=step == total)
-            if self.preemption.received and step < total:
+            if step < total and self._preemption_agreed(step, total):
                 return self._preempt(step)
             if cfg.training.stops_at(step, total):
                 return self._stop_early(step, total)
         return self._finish(step)
+
+    def _preemption_agreed(self, step: int, total: int) -> bool:
+        """Whether to stop for preemption after this step. One process checks every step; several
+        agree (an all-reduce) at logging and checkpoint steps only, so that they stop at the same
+        step without a collective, and a host sync, at every step."""
+        if not self.d.enabled:
+            return self.preemption.requested is not None
+        if not (self.cfg.logging.due(step, total) or self.cfg.checkpoint.due(step, total)):
+            return False
+        return distributed.any_rank(self.preemption.requested is not None, self.d)
 
     def _account(self, step: int, batch: torch.Tensor, result: StepResult, window: LogWindow,
                  data_s: float) -> None:
@@ -108,7 +121,7 @@ class Trainer:
         epoch = {"epoch": self._epoch_of(step)} if self.epoch_mode else {}
         metrics = {**epoch, "loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": self.state.tokens,
                    **throughput(summary["tokens"], summary["seconds"], self.parts.size["flops_per_token"],
-                                self.parts.peak_flops),
+                                self.parts.peak_flops, self.d.world_size),
                    "data_time_frac": summary["data_time_frac"],
                    "mem_peak_gib": peak_memory_gib(self.runtime.device)}
         self.sink.log(metrics, step)
@@ -141,7 +154,7 @@ class Trainer:
         improved = state.record_validation(metrics.get("val/loss", train_loss), cfg.min_delta)
         patience_out = cfg.patience > 0 and state.bad_epochs >= cfg.patience
         path = self._save(step, finished=patience_out or epoch == self.cfg.epochs)
-        if improved:
+        if improved and self.d.is_main:
             ckpt.link_checkpoint(self.run_dir, path, rundir.BEST)
         progress = "new best" if improved else f"{state.bad_epochs} epoch(s) without improvement"
         self.console.line(f"epoch {epoch}/{self.cfg.epochs} | train loss {train_loss:.4f} | best val "
@@ -154,13 +167,14 @@ class Trainer:
     def _save(self, step: int, finished: bool = False) -> Path:
         self.guard.check()
         self.state.epoch_loss_sum = self.epoch_loss.item()
-        saved = saved_state(self.state, finished, self.parts, self.data, self.cfg.optim)
+        saved = saved_state(self.state, finished, self.parts, self.data, self.cfg.optim, self.d)
         with self.events.phase("checkpoint", step=step):
             path = ckpt.save_checkpoint(self.run_dir, rundir.step_name(step), self.parts.model,
-                                        self.parts.optimizer, saved)
-            ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
+                                        self.parts.optimizer, saved, self.d)
+            if self.d.is_main:
+                ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
         self.console.line(f"saved checkpoint {path}")
-        if self.on_checkpoint:
+        if self.on_checkpoint and self.d.is_main:
             self.on_checkpoint(step, path, finished, self.state)
         return path
 
@@ -170,7 +184,8 @@ class Trainer:
         if latest is None or latest.name != rundir.step_name(step):
             self._save(step)
         self.console.close()
-        self.console.line(f"received {self.preemption.received}: saved a checkpoint at step {step} in "
+        self.console.line(f"received {self.preemption.requested or 'a request on another rank'}: "
+                          f"saved a checkpoint at step {step} in "
                           f"{self.run_dir}; resume with the same command: {self.resume_command}")
         return {"status": "preempted", "step": step, **self.last_val}
 
@@ -182,7 +197,7 @@ class Trainer:
 
     def _finish(self, step: int, status: str = "finished") -> dict:
         latest = rundir.latest_checkpoint(self.run_dir)
-        if latest is not None:
+        if latest is not None and self.d.is_main:
             ckpt.link_checkpoint(self.run_dir, latest, rundir.FINAL)
         self.console.close()
         self.console.line(f"{status} after {step} steps; run directory {self.run_dir}")

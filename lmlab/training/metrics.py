@@ -179,8 +179,14 @@ def peak_memory_gib(device: torch.device) -> float:
     return kib / 2**20
 
 
-def throughput(tokens: int, seconds: float, flops_per_token: int, peak: float | None) -> dict:
+def throughput(tokens: int, seconds: float, flops_per_token: int, peak: float | None,
+               devices: int = 1) -> dict:
+    """The whole job's tokens/s and FLOP/s; MFU against the peak of all ``devices`` (the same
+    number per device); with several devices also tokens/s per device."""
     tokens_per_s = tokens / seconds if seconds > 0 else 0.0
     flops_per_s = tokens_per_s * flops_per_token
-    return {"tokens_per_s": tokens_per_s, "flops_per_s": flops_per_s,
-            "mfu": flops_per_s / peak if peak else None}
+    out = {"tokens_per_s": tokens_per_s, "flops_per_s": flops_per_s,
+           "mfu": flops_per_s / (peak * devices) if peak else None}
+    if devices > 1:
+        out["tokens_per_s_per_device"] = tokens_per_s / devices
+    return out

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from lmlab import rundir
 from lmlab.training import checkpoint as ckpt
+from lmlab.training import distributed
 from lmlab.training.build import TrainingParts
+from lmlab.training.distributed import Dist
 from lmlab.training.step import TrainState
 
 
@@ -54,23 +56,28 @@ def publish_interrupted(run_dir: Path, resume: Resume) -> None:
         ckpt.link_checkpoint(run_dir, resume.checkpoint, rundir.FINAL)
 
 
-def saved_state(state: TrainState, finished: bool, parts: TrainingParts, data, optim_cfg) -> dict:
+def saved_state(state: TrainState, finished: bool, parts: TrainingParts, data, optim_cfg,
+                d: Dist) -> dict:
     """What a checkpoint's train_state.json holds: the loop state and all that ``restore`` needs
-    (data position, RNG, scheduler, scaler) plus the resolved model config evaluation rebuilds."""
+    (data position, RNG, scheduler, scaler) plus the resolved model config evaluation rebuilds.
+    Every rank calls it (it gathers each rank's RNG state)."""
+    rng = distributed.gather_objects(ckpt.rng_state(), d)
     return {**state.to_saved(), "finished": finished, "loader": data.train.state_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": rng[0], **({"rng_by_rank": rng} if d.enabled else {}),
             "scheduler": {"name": optim_cfg.scheduler, "lr": parts.optimizer.param_groups[0]["lr"],
                           "warmup": optim_cfg.warmup, "total_steps": data.total_steps},
             "scaler": parts.scaler.state_dict() if parts.scaler else None,
             "model": dataclasses.asdict(parts.model_cfg)}
 
 
-def restore(parts: TrainingParts, loader, resume: Resume) -> TrainState:
-    """Load the checkpoint into the freshly built parts and the data loader; returns the loop state."""
-    ckpt.load_model_weights(parts.model, resume.checkpoint)
-    ckpt.load_optimizer(parts.optimizer, resume.checkpoint)
+def restore(parts: TrainingParts, loader, resume: Resume, d: Dist) -> TrainState:
+    """The rest of the checkpoint (``build_parts`` loaded weights and optimizer): the data position
+    (global, so any number of processes continues the same order), scaler and RNG; returns the
+    loop state. A rank without its own saved RNG state (the run had fewer processes) takes rank
+    0's: only dropout draws differ from an uninterrupted run then."""
     loader.load_state_dict(resume.saved["loader"])
     if parts.scaler and resume.saved.get("scaler"):
         parts.scaler.load_state_dict(resume.saved["scaler"])
-    ckpt.set_rng_state(resume.saved["rng"])
+    by_rank = resume.saved.get("rng_by_rank") or []
+    ckpt.set_rng_state(by_rank[d.rank] if d.rank < len(by_rank) else resume.saved["rng"])
     return TrainState.from_saved(resume.saved)

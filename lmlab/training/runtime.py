@@ -35,8 +35,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_runtime(device_name: str, precision: str) -> Runtime:
+def resolve_runtime(device_name: str, precision: str, local_rank: int = 0) -> Runtime:
+    """``local_rank``: each process of a several-GPU job uses its own GPU."""
     device = resolve_device(device_name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return Runtime(device, precision)

@@ -1,20 +1,36 @@
-"""Preemption: SIGTERM / SIGUSR1 (a scheduler's warning before a time limit) become a flag that the
-loop checks at each step boundary, so the run saves a checkpoint and exits 0 instead of dying
-mid-step."""
+"""Preemption: SIGTERM / SIGUSR1 (a scheduler's warning before a time limit), or a request file in
+the run directory, become a flag that the loop checks at step boundaries, so the run saves a
+checkpoint and exits 0 instead of dying mid-step.
+
+The request file is for schedulers whose signal reaches only the batch script (SLURM's
+``--signal=B:USR1@120``): the script creates ``<run>/preempt.request`` and every rank of every
+node sees it on the shared filesystem; a new start removes it.
+"""
 from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 
 
 class PreemptionSignals:
-    """Context manager installing the handlers; ``received`` is the signal's name once one came."""
+    """Context manager installing the handlers; ``requested`` says why the run should stop, if so."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1")
 
-    def __init__(self):
+    def __init__(self, request_file: Path | None = None):
         self.received: str | None = None
+        self.request_file = request_file
         self._previous: dict = {}
+
+    @property
+    def requested(self) -> str | None:
+        """The signal's name, ``"a preemption request"`` for the file, or None."""
+        if self.received:
+            return self.received
+        if self.request_file is not None and self.request_file.exists():
+            return f"a preemption request ({self.request_file.name})"
+        return None
 
     def _handle(self, signum, _frame) -> None:
         self.received = signal.Signals(signum).name

@@ -152,3 +152,15 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class NullSink:
+    """Where the metrics of ranks other than 0 go: nowhere (rank 0 logs the job's)."""
+
+    notes: list[str] = []
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

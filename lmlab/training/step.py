@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from lmlab import rundir
 from lmlab.data.loader import IGNORE_INDEX, split_window
 from lmlab.errors import LmlabError, Problem
+from lmlab.training.distributed import SINGLE, Dist, accumulating, local, shard_rows, sum_
 
 
 @dataclass
@@ -106,27 +107,37 @@ class StepResult:
 
 
 def train_step(model, batch: torch.Tensor, optimizer, runtime, scaler, clip: float, grad_accum: int,
-               pad_id: int | None, skip_nonfinite: bool = False) -> StepResult:
-    """One optimizer step over ``batch`` (B, T+1) split into ``grad_accum`` micro-batches.
+               pad_id: int | None, skip_nonfinite: bool = False, d: Dist = SINGLE) -> StepResult:
+    """One optimizer step over the global ``batch`` (B, T+1), split into ``grad_accum``
+    micro-batches, of which this rank trains on its rows (all of them in a single process).
 
+    Each micro-batch's loss is its summed cross-entropy over the valid targets of the whole
+    (global) micro-batch, so that the gradients the ranks average are exactly those of one
+    process training on the whole batch, whatever the padding on each rank.
     With ``skip_nonfinite`` the loss and gradient norm are read back (one host sync) and a
     non-finite step is not applied; otherwise the step is always applied and ``NonFiniteGuard``
     judges it later. Under fp16 the GradScaler skips overflowing gradients itself.
     """
     micro_batches = batch.chunk(grad_accum)
     total = torch.zeros((), device=runtime.device)
-    for micro in micro_batches:
-        inputs, targets = (t.to(runtime.device, non_blocking=True) for t in split_window(micro, pad_id))
-        with runtime.autocast():
-            logits = model(inputs)  # (b, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-        scaled = loss / len(micro_batches)
-        (scaler.scale(scaled) if scaler else scaled).backward()
+    for i, micro in enumerate(micro_batches):
+        inputs, targets = split_window(micro, pad_id)
+        valid = (targets != IGNORE_INDEX).sum().to(runtime.device)  # over the global micro-batch
+        inputs, targets = (shard_rows(t, d).to(runtime.device, non_blocking=True) for t in (inputs, targets))
+        with accumulating(model, last=i == len(micro_batches) - 1):  # DDP/FSDP: sync at the last
+            with runtime.autocast():
+                logits = model(inputs)  # (b, T, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                   ignore_index=IGNORE_INDEX, reduction="sum") / valid
+            # ranks average gradients: scaled by world_size, the average is the global sum
+            scaled = (loss * d.world_size if d.enabled else loss) / len(micro_batches)
+            (scaler.scale(scaled) if scaler else scaled).backward()
         total += loss.detach()
+    sum_(total, d)  # this rank's share of the loss -> the whole batch's
     if scaler:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
-    result = StepResult(total / len(micro_batches), grad_norm)
+    result = StepResult(total / len(micro_batches), local(grad_norm))
     if skip_nonfinite and not _finite(result, scaler is not None):
         result.applied = False
     elif scaler:
