@@ -24,6 +24,8 @@ COMMANDS = {
     "generate": ("generate", "stream a continuation of --prompt from a run or checkpoint"),
     "report": ("report", "write report.md + plots for a run, or compare several runs (--out)"),
     "runs": ("runs", "list the run directories under ROOT with status and best validation loss"),
+    "slurm": ("slurm", "write a SLURM batch script for a run (code snapshot, requeue on preemption) and "
+                       "submit it with sbatch"),
 }
 CONFIG_COMMANDS = ("train", "check", "info")
 
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_arguments(commands["eval"])
     _generate_arguments(commands["generate"])
     _report_arguments(commands["report"])
+    _slurm_arguments(commands["slurm"])
     commands["runs"].add_argument("root", nargs="?", default="runs", metavar="ROOT")
     return parser
 
@@ -70,6 +73,22 @@ def _report_arguments(report: argparse.ArgumentParser) -> None:
     report.add_argument("--lang", choices=LANGS, default="en")
     report.add_argument("--format", choices=FORMATS, default="md")
     report.add_argument("--out", help="comparison file (several runs)")
+
+
+def _slurm_arguments(slurm: argparse.ArgumentParser) -> None:
+    slurm.add_argument("config", metavar="CONFIG", help="YAML config file")
+    slurm.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, as for train")
+    slurm.add_argument("--nodes", type=int, required=True, metavar="N")
+    slurm.add_argument("--gpus-per-node", type=int, required=True, metavar="G",
+                       help="processes per node (one per GPU; on CPU, with device=cpu, gloo processes)")
+    slurm.add_argument("--partition", metavar="P")
+    slurm.add_argument("--account", metavar="A")
+    slurm.add_argument("--time", default="24:00:00", metavar="T",
+                       help="time limit (default 24:00:00); the job requeues itself before it")
+    slurm.add_argument("--cpus-per-task", type=int, metavar="C",
+                       help="CPUs per node for its G processes (default 4 x G)")
+    slurm.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node")
+    slurm.add_argument("--dry-run", action="store_true", help="write the script, do not submit it")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,17 @@ def make_jsonl_root(root: Path) -> Path:
     return root
 
 
+def make_wikitext_dir(root: Path) -> Path:
+    """A toy corpus in the tokenized WikiText-2 file layout (train.txt, valid.txt)."""
+    words = "the of and in to a was on for as with by he at from his an were is".split()
+    root.mkdir(parents=True)
+    for split, n in (("train", 120), ("valid", 30)):
+        lines = [" " + " ".join(words[(i * 3 + j * (i % 5 + 1)) % len(words)] for j in range(6 + i % 9))
+                 for i in range(n)]
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
 def data_overrides(root: Path) -> list[str]:
     return [f"data.root_dir={root}", "data.sources={alpha: 1.0, beta: 2.0}"]
 

@@ -123,9 +123,10 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
                       resume_command=" ".join(["lmlab", *argv]), d=d,
                       on_checkpoint=harness if harness.enabled else None)
     try:
-        return trainer.run()
+        summary = trainer.run()
     finally:
         sink.close()  # also on a crash: TensorBoard buffers its last scalars
+    return {**summary, "failed_evals": harness.report_failures(state)}
 
 
 def _main_first(d: Dist, action):
@@ -208,6 +209,14 @@ class HarnessAtCheckpoints:
             self._record_failure(step, err, state)
             return
         self.console.line(f"evaluation at step {step}:\n{format_rows(rows)}")
+
+    def report_failures(self, state: TrainState) -> list[dict]:
+        """The evaluations that failed during the run (said once at the end, as the last line)."""
+        failed = state.failed_evals
+        if failed:
+            self.console.line(f"{len(failed)} evaluation(s) failed, at step(s) "
+                              f"{', '.join(str(f['step']) for f in failed)}; see events.jsonl and errors/")
+        return failed
 
     def _record_failure(self, step: int, err: Exception, state: TrainState) -> None:
         where, _ = exception_location(err)

@@ -20,7 +20,6 @@ import torch
 
 from lmlab import rundir
 from lmlab.training import checkpoint as ckpt
-from lmlab.training import distributed
 from lmlab.training.build import TrainingParts
 from lmlab.training.distributed import SINGLE, Dist
 from lmlab.training.console import Console, LogWindow, format_train_line, format_val_line
@@ -87,21 +86,12 @@ class Trainer:
                     self._validate(step)
                 if cfg.checkpoint.due(step, total) or step == cfg.training.stop_at:
                     self._save(step, finished=step == total)
-            if step < total and self._preemption_agreed(step, total):
+            sync_point = cfg.logging.due(step, total) or cfg.checkpoint.due(step, total)
+            if step < total and self.preemption.agreed(self.d, sync_point):
                 return self._preempt(step)
             if cfg.training.stops_at(step, total):
                 return self._stop_early(step, total)
         return self._finish(step)
-
-    def _preemption_agreed(self, step: int, total: int) -> bool:
-        """Whether to stop for preemption after this step. One process checks every step; several
-        agree (an all-reduce) at logging and checkpoint steps only, so that they stop at the same
-        step without a collective, and a host sync, at every step."""
-        if not self.d.enabled:
-            return self.preemption.requested is not None
-        if not (self.cfg.logging.due(step, total) or self.cfg.checkpoint.due(step, total)):
-            return False
-        return distributed.any_rank(self.preemption.requested is not None, self.d)
 
     def _account(self, step: int, batch: torch.Tensor, result: StepResult, window: LogWindow,
                  data_s: float) -> None:
@@ -201,8 +191,4 @@ class Trainer:
             ckpt.link_checkpoint(self.run_dir, latest, rundir.FINAL)
         self.console.close()
         self.console.line(f"{status} after {step} steps; run directory {self.run_dir}")
-        failed = self.state.failed_evals
-        if failed:
-            self.console.line(f"{len(failed)} evaluation(s) failed, at step(s) "
-                              f"{', '.join(str(f['step']) for f in failed)}; see events.jsonl and errors/")
-        return {"status": status, "step": step, "failed_evals": failed, **self.last_val}
+        return {"status": status, "step": step, **self.last_val}

@@ -12,6 +12,9 @@ import signal
 import threading
 from pathlib import Path
 
+from lmlab.training import distributed
+from lmlab.training.distributed import Dist
+
 
 class PreemptionSignals:
     """Context manager installing the handlers; ``requested`` says why the run should stop, if so."""
@@ -31,6 +34,14 @@ class PreemptionSignals:
         if self.request_file is not None and self.request_file.exists():
             return f"a preemption request ({self.request_file.name})"
         return None
+
+    def agreed(self, d: Dist, sync_point: bool) -> bool:
+        """Whether to stop after this step. One process decides at every step; several agree (an
+        all-reduce) only at sync points (logging and checkpoint steps), so that they stop at the
+        same step without a collective, and a host sync, at every step."""
+        if not d.enabled:
+            return self.requested is not None
+        return sync_point and distributed.any_rank(self.requested is not None, d)
 
     def _handle(self, signum, _frame) -> None:
         self.received = signal.Signals(signum).name

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import CONFIGS
+from helpers import CONFIGS, make_wikitext_dir
 from lmlab.cli import main
 from lmlab.rundir import read_jsonl
 
@@ -22,12 +22,7 @@ TIMING = {"tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib"
 @pytest.fixture
 def wikitext_dir(tmp_path):
     """A toy corpus in the tokenized WikiText-2 file layout."""
-    words = "the of and in to a was on for as with by he at from his an were is".split()
-    for split, n in (("train", 120), ("valid", 30)):
-        lines = [" " + " ".join(words[(i * 3 + j * (i % 5 + 1)) % len(words)] for j in range(6 + i % 9))
-                 for i in range(n)]
-        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return tmp_path
+    return make_wikitext_dir(tmp_path / "wikitext")
 
 
 def train(*args) -> int:

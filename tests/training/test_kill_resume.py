@@ -39,7 +39,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides
+from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, make_wikitext_dir
 from lmlab.rundir import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, checkpoints_root, step_checkpoints,
                           step_name)
 from lmlab.rundir import read_jsonl
@@ -186,15 +186,8 @@ def zygote():
 
 @pytest.fixture
 def wikitext_dir(tmp_path):
-    """A toy corpus in the tokenized WikiText-2 file layout (as in test_epoch_mode.py): 8 steps/epoch."""
-    words = "the of and in to a was on for as with by he at from his an were is".split()
-    root = tmp_path / "wikitext"
-    root.mkdir()
-    for split, n in (("train", 120), ("valid", 30)):
-        lines = [" " + " ".join(words[(i * 3 + j * (i % 5 + 1)) % len(words)] for j in range(6 + i % 9))
-                 for i in range(n)]
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return root
+    """A toy corpus in the tokenized WikiText-2 file layout: 8 steps/epoch."""
+    return make_wikitext_dir(tmp_path / "wikitext")
 
 
 # --------------------------------------------------------------------------- what is on disk

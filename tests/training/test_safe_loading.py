@@ -69,7 +69,7 @@ def test_load_optimizer_refuses_the_payload_directly(stopped_run, tmp_path):
     plant_payload(checkpoint / OPTIMIZER_FILE, marker)
     model = torch.nn.Linear(2, 2)
     with pytest.raises(LmlabError, match="refused to load optimizer state"):
-        load_optimizer(torch.optim.AdamW(model.parameters()), checkpoint)
+        load_optimizer(model, torch.optim.AdamW(model.parameters()), checkpoint)
     assert not marker.exists()
 
 

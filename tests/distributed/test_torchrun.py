@@ -1,0 +1,212 @@
+"""Several processes (torchrun, gloo on CPU) train exactly what one process trains.
+
+N processes == 1 process: the same losses and weights for DDP and FSDP2 (transformer, step mode)
+and for DDP (context-vector model, epoch mode); a stopped 2-process run resumes on 2 or on 1
+process as if uninterrupted; SIGTERM to one rank stops all at the same step with one checkpoint;
+a rank that raises ends the job, named, without orphans; preflight refuses what cannot work.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, make_jsonl_root, make_wikitext_dir
+from lmlab.cli import main
+from lmlab.reports.status import run_status
+from lmlab.rundir import FINAL, METRICS_FILE, checkpoints_root, read_jsonl, step_checkpoints
+
+pytestmark = pytest.mark.slow
+RTOL = 1e-5  # measured: about 1e-7 for DDP, 4e-7 for FSDP (reduction order of the gradients)
+STEPS = 20
+DETERMINISTIC = ("loss", "grad_norm", "lr", "tokens", "val/loss", "val/acc", "train/epoch_loss")
+TINY_CONTEXT_VECTOR = ["model.embed_dim=16", "model.hidden_dim=32", "model.n_layers=2",
+                       "model.context_dim=8", "model.dropout=0.0", "data.tokenizer.vocab_size=60",
+                       "data.seq_len=16", "data.batch_size=16", "device=cpu", "logging.every=1",
+                       "logging.progress_bar=false", "optim.lr=3e-3", "epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_jsonl_root(tmp_path_factory.mktemp("corpus"))
+
+
+def transformer_args(corpus: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(corpus),
+            "data.batch_size=8", f"steps={STEPS}", "checkpoint.every=10", "logging.progress_bar=false",
+            f"dump_dir={run}", *extra]
+
+
+def torchrun(args: list[str], nproc: int = 2, timeout: float = 120, script: list[str] | None = None,
+             **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m lmlab ARGS``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", *(script or ["-m", "lmlab"]), *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    if popen:
+        return subprocess.Popen(command, cwd=REPO, env=env, text=True, start_new_session=True, **popen)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus, tmp_path_factory) -> Path:
+    """The reference: the same run on one process (in this process)."""
+    run = tmp_path_factory.mktemp("one") / "run"
+    assert main(transformer_args(corpus, run)) == 0
+    return run
+
+
+def assert_same_run(a: Path, b: Path, rtol: float = RTOL) -> None:
+    """Metrics line by line within ``rtol``, and the final weights within it too."""
+    ma, mb = read_jsonl(a / METRICS_FILE), read_jsonl(b / METRICS_FILE)
+    assert [m["step"] for m in ma] == [m["step"] for m in mb]
+    for x, y in zip(ma, mb):
+        for key in DETERMINISTIC:
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=rtol), (key, x["step"])
+    wa = load_file(str(checkpoints_root(a) / FINAL / "model.safetensors"))
+    wb = load_file(str(checkpoints_root(b) / FINAL / "model.safetensors"))
+    assert sorted(wa) == sorted(wb)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=rtol, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_train_what_one_process_trains(one_process, corpus, tmp_path, strategy):
+    run = tmp_path / "run"
+    out = torchrun(transformer_args(corpus, run, f"distributed.strategy={strategy}"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_same_run(one_process, run)
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["distributed"]["world_size"] == 2
+    assert provenance["distributed"]["strategy"] == strategy
+    assert out.stdout.count("step     20/20") == 1  # rank 0 alone prints
+    assert "tokens_per_s_per_device" in read_jsonl(run / METRICS_FILE)[0]
+
+
+def test_context_vector_epoch_mode_on_two_processes(tmp_path):
+    data = make_wikitext_dir(tmp_path / "wikitext")
+    args = ["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), *TINY_CONTEXT_VECTOR,
+            f"data.path={data}"]
+    assert main([*args, f"dump_dir={tmp_path / 'one'}"]) == 0
+    out = torchrun([*args, f"dump_dir={tmp_path / 'two'}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_a_stopped_run_resumes_on_two_or_on_one_process(one_process, corpus, tmp_path):
+    """The loader position is global: a resume on another number of processes continues the same
+    data order, and (no dropout here) the same numbers."""
+    for resumed_on in (2, 1):
+        run = tmp_path / f"resumed-on-{resumed_on}"
+        out = torchrun(transformer_args(corpus, run, "training.stop_at=10"))
+        assert out.returncode == 0 and "stopped at step 10/20" in out.stdout, out.stderr[-3000:]
+        again = torchrun(transformer_args(corpus, run), nproc=resumed_on)
+        assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-3000:]
+        assert_same_run(one_process, run)
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_one_checkpoint(one_process, corpus, tmp_path):
+    run = tmp_path / "run"
+    # --nproc: lmlab starts torchrun itself
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab", *transformer_args(corpus, run), "--nproc", "2"],
+                            cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: len([m for m in read_jsonl(run / METRICS_FILE) if "loss" in m]) >= 3, proc)
+        os.kill(worker_pid(proc.pid, rank=1), signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert "received" in out and "resume with the same command" in out
+    assert run_status(run)["status"] == "preempted"
+    saved = step_checkpoints(run)
+    assert len(saved) == 1 and 3 <= int(saved[0].name) < STEPS
+    again = torchrun(transformer_args(corpus, run))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_run(one_process, run)
+
+
+def test_a_rank_that_raises_ends_the_job_naming_it(corpus, tmp_path):
+    run = tmp_path / "run"
+    started = time.monotonic()
+    out = torchrun(transformer_args(corpus, run), script=[str(Path(__file__).with_name("raise_on_rank.py"))],
+                   timeout=90)
+    took = time.monotonic() - started
+    assert out.returncode != 0 and took < 60
+    assert "rank 1 of 2" in out.stderr and "RuntimeError: injected failure at step 5" in out.stderr
+    assert not processes_mentioning(str(run))  # no orphan keeps training
+
+
+@pytest.mark.parametrize("extra, nproc, key, fix", [
+    (["data.batch_size=8"], 3, "data.batch_size", "make data.batch_size a multiple of 3"),
+    (["distributed.strategy=fsdp", "model.name=context_vector"], 2, "distributed.strategy",
+     "set distributed.strategy=ddp"),
+    (["distributed.backend=nccl"], 2, "distributed.backend", "set distributed.backend=gloo"),
+])
+def test_preflight_refuses_what_several_processes_cannot_run(corpus, tmp_path, capsys, extra, nproc, key, fix):
+    if "nccl" in extra[0] and torch.cuda.is_available():
+        pytest.skip("this machine has GPUs")
+    code = main([*transformer_args(corpus, tmp_path / "run", *extra), "--nproc", str(nproc)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"- {key}:" in err and fix in err
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    direct = [int(c) for c in children.read_text().split()] if children.exists() else []
+    return direct + [d for c in direct for d in descendants(c)]
+
+
+def worker_pid(launcher: int, rank: int) -> int:
+    """The training process of ``rank`` below ``launcher`` (its environment says RANK=rank)."""
+    for pid in descendants(launcher):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"LOCAL_RANK" in b"".join(env):
+            return pid
+    raise AssertionError(f"no rank {rank} under {launcher}")
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
