@@ -22,8 +22,10 @@ COMMANDS = {
     "info": ("info", "model size, FLOPs per token and tokens per step for a config"),
     "eval": ("evaluate", "evaluate a run or checkpoint: validation + lm-eval tasks (eval.* overrides)"),
     "generate": ("generate", "stream a continuation of --prompt from a run or checkpoint"),
-    "report": ("report", "write report.md + plots for a run, or compare several runs (--out)"),
+    "report": ("report", "write report.md + plots for a run (--out DIR), or compare several runs "
+                         "(--out FILE)"),
     "runs": ("runs", "list the run directories under ROOT with status and best validation loss"),
+    "export": ("export", "export a run or checkpoint to a Hugging Face transformers folder"),
     "slurm": ("slurm", "write a SLURM batch script for a run (code snapshot, requeue on preemption) and "
                        "submit it with sbatch"),
 }
@@ -47,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     _report_arguments(commands["report"])
     _slurm_arguments(commands["slurm"])
     commands["runs"].add_argument("root", nargs="?", default="runs", metavar="ROOT")
+    export = commands["export"]
+    export.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    export.add_argument("--format", choices=["hf"], default="hf", help="hf: transformers folder")
+    export.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
     return parser
 
 
@@ -55,6 +63,8 @@ def _eval_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                           help="e.g. eval.tasks=[piqa,hellaswag] eval.data_dir=../shared/data eval.limit=100")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument("--out", metavar="DIR", help="write eval_results.json and metrics.eval.jsonl "
+                          "to DIR instead of the checkpoint / run directory (e.g. a read-only run)")
 
 
 def _generate_arguments(gen: argparse.ArgumentParser) -> None:
@@ -72,7 +82,9 @@ def _report_arguments(report: argparse.ArgumentParser) -> None:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--lang", choices=LANGS, default="en")
     report.add_argument("--format", choices=FORMATS, default="md")
-    report.add_argument("--out", help="comparison file (several runs)")
+    report.add_argument("--out", metavar="PATH", help="one run: the folder for its report and plots "
+                        "(default: the run directory); several runs: the comparison file "
+                        "(default: comparison.md)")
 
 
 def _slurm_arguments(slurm: argparse.ArgumentParser) -> None:

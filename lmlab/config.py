@@ -12,6 +12,7 @@ config reported at once, each with a "did you mean" suggestion and the fix, and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -179,8 +180,36 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[Problem]) -> Any:
             problems.append(Problem(f"{path}.name", f"unknown name {name!r}.{did_you_mean(str(name), MODELS)}",
                                     f"use one of {sorted(MODELS)}"))
             continue
-        values[key] = _convert(value, target, path, meta, problems)
+        converted = _convert(value, target, path, meta, problems)
+        values[key] = _finite(converted, path, fields[key], problems)
     return cls(**{k: v for k, v in values.items() if v is not _INVALID})
+
+
+def _finite(value: Any, path: str, spec: dataclasses.Field, problems: list[Problem]) -> Any:
+    """``value`` unless a float in it (a scalar, or an entry of a mapping or list) is NaN or
+    infinite: YAML reads .nan/.inf and "nan"/"inf" as numbers, and none of them means anything as a
+    learning rate, weight or epsilon. Each one is a problem named by its full key."""
+    if value is _INVALID or dataclasses.is_dataclass(value):
+        return value
+    bad = list(_non_finite(value, path))
+    default = spec.default if spec.default is not dataclasses.MISSING else None
+    for key, number in bad:
+        example = (f"{key}={'null' if default is None else default} (its default)"
+                   if key == path else f"{key}=1.0")
+        problems.append(Problem(key, f"must be a finite number, got {number}.",
+                                f"set {key} to a finite number, e.g. {example}"))
+    return _INVALID if bad else value
+
+
+def _non_finite(value: Any, path: str):
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _non_finite(item, f"{path}[{i}]")
 
 
 _INVALID = object()

@@ -7,12 +7,13 @@ problem with its key and fix. It only lists files and probes the output director
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from lmlab import config as config_mod
+from lmlab import config as config_mod, rundir
 from lmlab.config import RunConfig
 from lmlab.data import sources, tokenizers
 from lmlab.errors import ConfigError, Problem
@@ -27,10 +28,38 @@ def load_and_check(path, overrides: list[str] = (), world_size: int | None = Non
     cfg, problems = config_mod.load_config_collecting(path, overrides)
     flagged = {p.key for p in problems}
     world = distributed.launched_world_size() if world_size is None else world_size
-    problems += [p for p in preflight_problems(cfg, world) if p.key not in flagged]
+    problems += [p for p in preflight_problems(cfg, world) if not _covered(p.key, flagged)]
     if problems:
         raise ConfigError(problems, source=str(path or "defaults"))
     return cfg
+
+
+def _covered(key: str, flagged: set[str]) -> bool:
+    """A key the loader already reported, or one above or below it: an invalid value falls back to
+    its default, whose own problems (``data.sources: no sources given`` after ``data.sources.a:
+    must be a finite number``) would only mislead."""
+    return any(key == f or key.startswith(f + ".") or f.startswith(key + ".") for f in flagged)
+
+
+def preflight_warnings(cfg: RunConfig, total_steps: int | None = None) -> list[Problem]:
+    """What is allowed but almost never meant (the command shows each, ``show_warnings``, and goes
+    on). ``total_steps``: the planned optimizer steps; by default ``steps`` in step mode, while in
+    epoch mode they are known only once the data is read (``lmlab train`` passes them then)."""
+    if total_steps is None:
+        if cfg.epochs > 0:
+            return []
+        total_steps, planned = cfg.steps, f"steps={cfg.steps}"
+    else:
+        planned = f"steps={total_steps}" if cfg.epochs <= 0 else \
+            f"{total_steps} steps for epochs={cfg.epochs}"
+    return optim.warmup_warnings(cfg.optim, total_steps, planned)
+
+
+def show_warnings(command: str, warnings: list[Problem]) -> None:
+    """``lmlab COMMAND: warning: KEY: what`` and its fix on stderr, one per warning."""
+    for w in warnings:
+        fix = f"\n  fix: {w.fix}" if w.fix else ""
+        print(f"lmlab {command}: warning: {w.key}: {w.message}{fix}", file=sys.stderr, flush=True)
 
 
 def preflight_problems(cfg: RunConfig, world_size: int = 1) -> list[Problem]:
@@ -77,7 +106,7 @@ def _run_problems(cfg: RunConfig) -> list[Problem]:
                                 f"training.grad_accum={accum}.", "make data.batch_size a multiple of "
                                 "training.grad_accum"))
     problems += device_problems(cfg)
-    problem = _dump_dir_problem(Path(cfg.dump_dir))
+    problem = _dump_dir_problem(cfg.dump_dir)
     if problem:
         problems.append(problem)
     return problems
@@ -96,8 +125,26 @@ def device_problems(cfg: RunConfig) -> list[Problem]:
     return problems
 
 
-def _dump_dir_problem(dump_dir: Path) -> Problem | None:
-    """Probe writability where the run directory is (or will be created) without leaving a trace."""
+def _dump_dir_problem(dump_dir: str) -> Problem | None:
+    """A folder of our own (new, empty, or a run: ``rundir.is_lmlab_dir``), never the current
+    directory by accident; then probe writability where it is (or will be created) without leaving
+    a trace."""
+    if not str(dump_dir).strip():
+        return Problem("dump_dir", f"is empty (an unset shell variable?): training would write its "
+                       f"files into the current directory {Path.cwd()}.",
+                       "set dump_dir to a folder for this run, e.g. dump_dir=runs/NAME")
+    dump_dir = Path(dump_dir)
+    try:
+        others = sorted(p.name for p in dump_dir.iterdir()) if dump_dir.is_dir() else []
+    except OSError:
+        others = []  # unreadable: the probe below says what is wrong
+    if others and not rundir.is_lmlab_dir(dump_dir):
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return Problem("dump_dir", f"{dump_dir} is a folder with other files ({shown}) and not an lmlab "
+                       f"run (no {rundir.RUN_MARKER}): training would write {rundir.CONFIG_FILE}, "
+                       f"{rundir.METRICS_FILE} and {rundir.CHECKPOINTS_DIR}/ into it, replacing files "
+                       "of those names.", f"set dump_dir to a new or empty folder (e.g. a subfolder: "
+                       f"dump_dir={dump_dir / 'NAME'}), or to an existing run to resume it")
     probe = dump_dir
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

@@ -3,7 +3,7 @@
 Every command reads and writes run directories through these names, so the layout lives here only::
 
     <dump_dir>/config.yaml  provenance.json  metrics.jsonl  metrics.eval.jsonl  events.jsonl
-               tokenizer.json  errors/  plots/  report.md
+               tokenizer.json  errors/  plots/  report.md  .lmlab-run  .lock
                checkpoints/0000000100/{model.safetensors, optimizer.pt, train_state.json,
                                        eval_results.json}
                checkpoints/best/  checkpoints/final/   (hard links to a step checkpoint)
@@ -38,6 +38,8 @@ SUBMIT_FILE = "submit.slurm"  # `lmlab slurm`: the batch script (submitted again
 CODE_DIR = "code"  # `lmlab slurm`: the lmlab snapshot and resolved config the job runs
 SLURM_OUTPUT = "slurm-%j.out"  # the job's log (%j: SLURM's job id)
 CHECKPOINTS_DIR = "checkpoints"
+RUN_MARKER = ".lmlab-run"  # written when lmlab creates a run directory: the folder is a run
+LOCK_FILE = ".lock"  # `lmlab train` holds it (flock) while it trains the run: see lmlab.runlock
 # inside a checkpoint
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"  # the whole optimizer state (one process, DDP)
@@ -154,6 +156,17 @@ def is_run_dir(path: str | Path) -> bool:
         return True
     return (path / CONFIG_FILE).is_file() and (
         (path / METRICS_FILE).is_file() or checkpoints_root(path).is_dir())
+
+
+def is_lmlab_dir(path: str | Path) -> bool:
+    """A folder lmlab may write into as a run: marked as one, being started (its lock file), a
+    run from before the marker (``is_run_dir`` or ``provenance.json``), or the folder of a SLURM
+    job written before the marker (``submit.slurm`` and ``code/``). Preflight refuses any other
+    folder that holds files."""
+    path = Path(path)
+    return ((path / RUN_MARKER).is_file() or (path / LOCK_FILE).is_file() or is_run_dir(path)
+            or (path / PROVENANCE_FILE).is_file()
+            or ((path / SUBMIT_FILE).is_file() and (path / CODE_DIR).is_dir()))
 
 
 def read_jsonl(path: str | Path, strict: bool = False) -> list[dict]:

@@ -1,41 +1,78 @@
-"""``lmlab eval RUN [KEY=VALUE ...]``: validation and lm-eval tasks on the model of a run (or of one
-of its checkpoints), with the run's saved config plus ``KEY=VALUE`` overrides (``eval.tasks=...``).
+"""``lmlab eval RUN [KEY=VALUE ...] [--out DIR]``: validation and lm-eval tasks on the model of a run
+(or of one of its checkpoints), with the run's saved config plus ``KEY=VALUE`` overrides
+(``eval.tasks=...``).
 
 The results are written beside the checkpoint (``eval_results.json``) and appended to the run's
-``metrics.eval.jsonl``; the phase is recorded in the run's ``events.jsonl``.
+``metrics.eval.jsonl``; with ``--out DIR`` both go to DIR instead (a read-only run directory, or
+results kept apart). The phase is recorded in the run's ``events.jsonl`` when that can be written.
+
+Nothing computed is lost: the folders are probed before the model is loaded (an unwritable one is
+refused with the ``--out`` fix), the results are printed before they are written, and a write that
+still fails prints them as JSON too and exits with code 2, saying where they are.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from lmlab.atomic import unwritable
 from lmlab.config import RunConfig, load_config_collecting
 from lmlab.data import sources
-from lmlab.errors import ConfigError, Problem
+from lmlab.errors import ConfigError, LmlabError, Problem
 from lmlab.evaluation.config import check
 from lmlab.evaluation.loading import load_for_eval, saved_config_file
-from lmlab.evaluation.results import format_rows, write_results
+from lmlab.evaluation.results import format_rows, results_json, write_results
 from lmlab.evaluation.runner import run_evaluation
 from lmlab.preflight import device_problems
-from lmlab.rundir import EVAL_METRICS_FILE, resolve_checkpoint
+from lmlab.rundir import EVAL_METRICS_FILE, EVAL_RESULTS_FILE, resolve_checkpoint
 from lmlab.runlog import EventLog
 
 
 def run(args: argparse.Namespace) -> int:
-    """``args``: ``run`` (run or checkpoint directory), ``overrides`` (list), ``quiet`` (no progress)."""
+    """``args``: ``run`` (run or checkpoint directory), ``overrides`` (list), ``quiet`` (no progress),
+    ``out`` (folder for the results, or None: beside the checkpoint and in the run directory)."""
     checkpoint_dir, run_dir = resolve_checkpoint(args.run)
     cfg = _checked_config(saved_config_file(checkpoint_dir, run_dir), args.overrides)
+    out = getattr(args, "out", None)
+    results_dir, metrics_dir = (Path(out), Path(out)) if out else (checkpoint_dir, run_dir)
+    _check_writable(args.run, [results_dir, metrics_dir])  # before the (long) work
     loaded = load_for_eval(checkpoint_dir, run_dir, cfg, cfg.device)
-    phase = EventLog(run_dir).phase("eval", step=loaded.step, tasks=list(cfg.eval.tasks),
-                                    command="lmlab eval")
+    # with --out the run directory may be read-only: then the phase is not recorded
+    events = EventLog(run_dir, write=unwritable(run_dir) is None)
+    phase = events.phase("eval", step=loaded.step, tasks=list(cfg.eval.tasks), command="lmlab eval",
+                         **({"out": str(out)} if out else {}))
     with phase:
         rows = run_evaluation(loaded, cfg.eval, validation=cfg.eval.validation.enabled,
                               progress=not args.quiet)
         # shown before the file is written: a failing write must not lose what took long to compute
         print(format_rows(rows), flush=True)
-        target = write_results(rows, checkpoint_dir, run_dir, loaded.step)
-    print(f"results: {target} (also appended to {run_dir / EVAL_METRICS_FILE})")
+        target = _write(rows, results_dir, metrics_dir, loaded.step, args.run)
+    print(f"results: {target} (also appended to {metrics_dir / EVAL_METRICS_FILE})")
     return 0
+
+
+def _check_writable(run: str, folders: list[Path]) -> None:
+    reasons = sorted({r for r in map(unwritable, folders) if r})
+    if reasons:
+        raise LmlabError(f"cannot write the evaluation results: {'; '.join(reasons)}. Nothing was "
+                         f"evaluated. Fix: make it writable, or write the results to another folder: "
+                         f"lmlab eval {run} --out DIR")
+
+
+def _write(rows: list[dict], results_dir: Path, metrics_dir: Path, step: int | None, run: str) -> Path:
+    """``write_results``; when that fails after all (the folder turned read-only, a full disk), the
+    rows are printed as JSON as well and the error says where they are."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        return write_results(rows, results_dir, metrics_dir, step)
+    except OSError as err:
+        print(results_json(rows, step), flush=True)
+        failed = Path(err.filename) if err.filename else results_dir / EVAL_RESULTS_FILE
+        raise LmlabError(
+            f"could not write {failed}: {err.strerror or err}. Nothing computed is lost: the results "
+            f"are printed above on stdout (the table, then the JSON that {EVAL_RESULTS_FILE} would "
+            f"hold). Fix: make {failed.parent} writable, or write the results to another folder: "
+            f"lmlab eval {run} --out DIR") from None
 
 
 def _checked_config(config_file: Path, overrides: list[str]) -> RunConfig:

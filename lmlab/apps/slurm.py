@@ -21,6 +21,7 @@ from lmlab.atomic import write_text
 from lmlab.config import RunConfig, dump_config, finalize_config, load_config_collecting
 from lmlab.errors import ConfigError, LmlabError
 from lmlab.preflight import device_problems, load_and_check
+from lmlab.runlock import mark_run_dir
 from lmlab.training import distributed
 from lmlab.training.slurm_script import SlurmJob, render
 
@@ -112,6 +113,7 @@ def write_job(cfg: RunConfig, job: SlurmJob) -> None:
         raise LmlabError(f"dump_dir {job.run_dir} contains whitespace, which #SBATCH lines cannot "
                          "hold. Fix: set dump_dir to a path without spaces.")
     job.code_dir.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(job.run_dir, "lmlab slurm")  # the job's `lmlab train` finds a run of ours
     snapshot_code(job.code_dir)
     dump_config(cfg, job.config)
     write_text(job.script, render(job))

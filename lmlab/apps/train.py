@@ -1,14 +1,16 @@
 """``lmlab train CONFIG [KEY=VALUE ...]``: preflight, then data -> build -> train, resuming when the
 run directory holds checkpoints.
 
-Preflight comes first: a config that cannot run leaves no trace (not even a run directory). After
-that every phase is recorded in ``<dump_dir>/events.jsonl``; a crash is reported in one line that
+Preflight comes first: a config that cannot run leaves no trace (not even a run directory). Then
+the run directory's lock (``runlock``: one training per run directory, held until the process
+ends), taken before anything is written there. After that every phase is recorded in ``<dump_dir>/events.jsonl``; a crash is reported in one line that
 points at the traceback file, and ``lmlab report`` explains it. This module composes the parts; the
 loop itself is ``training.loop.Trainer``, and what runs at a checkpoint besides saving it (the
 harness tasks of ``eval.every``) is handed to the loop as ``HarnessAtCheckpoints``.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -22,7 +24,8 @@ from lmlab.errors import LmlabError
 from lmlab.evaluation.loading import LoadedRun
 from lmlab.evaluation.results import format_rows, write_results
 from lmlab.evaluation.runner import run_evaluation
-from lmlab.preflight import load_and_check
+from lmlab.preflight import load_and_check, preflight_warnings, show_warnings
+from lmlab.runlock import RunLock, mark_run_dir
 from lmlab.runlog import EventLog, exception_location, redact_text, write_provenance
 from lmlab.training import distributed
 from lmlab.training.build import TrainingParts, build_parts
@@ -32,8 +35,11 @@ from lmlab.training.loop import Trainer
 from lmlab.training.metrics import truncate_metrics
 from lmlab.training.resume import Resume, find_resume, publish_interrupted, restore
 from lmlab.training.runtime import Runtime, device_info, resolve_runtime
+from lmlab.training.signals import PreemptionSignals
 from lmlab.training.sinks import NullSink, build_sinks
 from lmlab.training.step import TrainState
+
+INTERRUPTED_EXIT = 130  # a command stopped by Ctrl-C (128 + SIGINT), as shells report it
 
 
 def run(args) -> int:
@@ -43,14 +49,22 @@ def run(args) -> int:
         return distributed.launch_local(args.nproc, _without_nproc(args.argv))
     cfg = load_and_check(args.config, args.overrides)
     d = distributed.setup(cfg.distributed, cfg.device)
+    try:
+        lock = _lock_run_dir(Path(cfg.dump_dir), d)  # before anything is written to the run dir
+    except LmlabError:
+        distributed.teardown(d)
+        raise
     events = EventLog(cfg.dump_dir, write=d.is_main)
     try:
-        with events.run(command=" ".join(["lmlab", *args.argv]), world_size=d.world_size):
+        with lock, events.run(command=" ".join(["lmlab", *args.argv]), world_size=d.world_size):
+            if getattr(lock, "taken_over", None):
+                events.warning(lock.taken_over, "RunLockTakeover")
             # preflight ran before the run directory may exist; recorded now that it does
             events.emit("phase_start", phase="preflight")
             events.emit("phase_end", phase="preflight", status="ok", seconds=time.perf_counter() - started)
             summary = train(cfg, args.argv, events, d)
-            events.set_result(summary["status"], step=summary.get("step"),
+            reason = {"reason": summary["reason"]} if summary.get("reason") else {}
+            events.set_result(summary["status"], step=summary.get("step"), **reason,
                               failed_evals=summary.get("failed_evals", []))
     except LmlabError:
         raise
@@ -58,7 +72,27 @@ def run(args) -> int:
         return _report_crash(err, events, d)
     finally:
         distributed.teardown(d)
-    return 0
+    # Ctrl-C: saved and stopped (resumable), but the shell must see an interrupted command
+    return INTERRUPTED_EXIT if summary.get("reason") == PreemptionSignals.INTERRUPT else 0
+
+
+def _lock_run_dir(run_dir: Path, d: Dist):
+    """Rank 0 takes the run directory's lock (``runlock``) and marks the folder as a run; every
+    rank of a several-process job learns whether it could (and raises the same error if not)."""
+    lock, refusal = contextlib.nullcontext(), None
+    if d.is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except LmlabError as err:
+            refusal = str(err)
+    refusal = distributed.broadcast_object(refusal, d)
+    if refusal:
+        raise LmlabError(refusal)
+    if d.is_main:
+        if lock.taken_over:
+            print(f"lmlab train: {lock.taken_over}", flush=True)
+        mark_run_dir(run_dir, "lmlab train")
+    return lock
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -95,7 +129,10 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
     console = Console(cfg.logging.progress_bar, enabled=d.is_main)
     resume = _main_first(d, lambda: _prepare_run_dir(run_dir, console, d))
     with events.phase("data"):
-        data = _main_first(d, lambda: build_data(cfg, run_dir))
+        data = _main_first(d, lambda: build_data(cfg, run_dir, _bad_record_reporter(events, console)))
+        for found in data.yields:  # tokens / windows per source (none is zero: refused above)
+            console.line(found.line())
+            events.emit("data_yield", **found.record())
     if resume:
         if d.is_main:
             publish_interrupted(run_dir, resume)
@@ -104,6 +141,7 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
                          "nothing to do. Raise steps/epochs to train longer, or use a new dump_dir "
                          "to start over.")
             return {"status": "finished", "step": resume.step, "resumed": True}
+    _warn(preflight_warnings(cfg, data.total_steps), events, d)  # epoch mode: steps known only now
     with events.phase("build"):
         parts = build_parts(cfg, data.tokenizer.vocab_size, runtime, d, resume and resume.checkpoint)
         state = restore(parts, data.train, resume, d) if resume else TrainState()
@@ -126,7 +164,36 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
         summary = trainer.run()
     finally:
         sink.close()  # also on a crash: TensorBoard buffers its last scalars
+    _bad_records_summary(data.bad_records, console, events)
     return {**summary, "failed_evals": harness.report_failures(state)}
+
+
+def _warn(warnings: list, events: EventLog, d: Dist) -> None:
+    """Preflight's warnings (training goes on): on stderr and in events.jsonl, once (rank 0)."""
+    if d.is_main:
+        show_warnings("train", warnings)
+        for w in warnings:
+            events.warning(f"{w.key}: {w.message} Fix: {w.fix}", "ConfigWarning")
+
+
+def _bad_record_reporter(events: EventLog, console: Console):
+    """``data.max_bad_records``: every skipped bad record is a ``bad_record`` event (file, line,
+    reason); the first of each file is also a console line."""
+    def report(record, message: str | None) -> None:
+        events.emit("bad_record", file=record.file, line=record.line, reason=record.reason)
+        if message is not None:
+            console.line(f"warning: {message}")
+    return report
+
+
+def _bad_records_summary(bad, console: Console, events: EventLog) -> None:
+    """The run skipped bad records: said once more at the end (and as a ``bad_records`` event)."""
+    if bad is None or not bad.count:
+        return
+    note = (" The count went over the budget in the last step's batch, so the run could not stop "
+            "before its end." if bad.exceeded else "")
+    console.line(bad.summary() + note)
+    events.emit("bad_records", count=bad.count, budget=bad.budget, files=len(bad.per_file))
 
 
 def _main_first(d: Dist, action):

@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from lmlab.data.badrecords import BadRecords
 from lmlab.data.sources import Source
 from lmlab.data.tokenizers import Tokenizer, encode_batch
 from lmlab.errors import LmlabError
@@ -53,7 +54,7 @@ class PackedStream:
 
     def _next_document(self) -> str:
         files = self.source.files
-        empty_files = 0
+        empty_files = skipped = 0
         while True:
             if self.file_pos >= len(files):
                 self.epoch, self.file_pos, self.doc_pos = self.epoch + 1, 0, 0
@@ -69,6 +70,11 @@ class PackedStream:
             self.doc_pos += 1
             if doc is not None:
                 return doc
+            skipped += 1  # a bad record, skipped: a source of nothing else would loop for ever
+            if skipped > 64 and skipped > sum(len(f) for f in files):
+                raise LmlabError(f"source {self.source.name!r} has no document that can be read: every "
+                                 f"one is a bad record (not a JSON object with a 'text' string). Fix: "
+                                 "run `lmlab check CONFIG --data` and repair its files.")
 
     def next_window(self) -> list[int]:
         tok = self.tokenizer
@@ -91,8 +97,9 @@ class PackedLoader:
     """Endless (batch_size, seq_len + 1) int64 batches; each row drawn from a source by weight."""
 
     def __init__(self, sources: list[Source], tokenizer: Tokenizer, batch_size: int, seq_len: int,
-                 seed: int, shuffle: bool = True):
+                 seed: int, shuffle: bool = True, bad_records: BadRecords | None = None):
         self.batch_size, self.seq_len = batch_size, seq_len
+        self.bad_records = bad_records  # the skipped records are part of the position (the budget is the run's)
         self.streams = [PackedStream(s, i, tokenizer, seq_len + 1, seed, shuffle)
                         for i, s in enumerate(sources)]
         weights = np.array([s.weight for s in sources], dtype=np.float64)
@@ -109,8 +116,11 @@ class PackedLoader:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "streams": [s.state_dict() for s in self.streams],
-                "sources": [s.source.name for s in self.streams]}
+        state = {"rng": self.rng.bit_generator.state, "streams": [s.state_dict() for s in self.streams],
+                 "sources": [s.source.name for s in self.streams]}
+        if self.bad_records is not None:
+            state["bad_records"] = self.bad_records.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         now, saved = [s.source.name for s in self.streams], state.get("sources")
@@ -123,27 +133,37 @@ class PackedLoader:
         self.rng.bit_generator.state = state["rng"]
         for stream, stream_state in zip(self.streams, state["streams"], strict=True):
             stream.load_state_dict(stream_state)
+        if self.bad_records is not None and "bad_records" in state:
+            self.bad_records.load_state_dict(state["bad_records"])
 
 
 def validation_windows(sources: list[Source], tokenizer: Tokenizer, seq_len: int,
-                       max_windows: int | None = None) -> torch.Tensor:
+                       max_windows: int | None = None, tally: dict | None = None) -> torch.Tensor:
     """Every validation document, in file order, packed into (N, seq_len + 1) windows.
 
     Deterministic (no shuffling), so validation numbers are comparable across steps and runs. The
     tail shorter than a window is dropped; ``max_windows`` caps the work for a token budget.
+    ``tally`` (optional) receives, per source read, ``{name: {"tokens", "windows", "complete"}}``:
+    its text tokens and windows, and whether it was read to the end (not cut by ``max_windows``).
     """
     windows: list[list[int]] = []
     for source in sources:
         buffer: list[int] = []
+        count = {"tokens": 0, "windows": 0, "complete": False}
+        if tally is not None:
+            tally[source.name] = count
         for doc_file in source.files:
             texts = list(doc_file.texts())
             for ids in encode_batch(tokenizer, texts):
+                count["tokens"] += len(ids)
                 buffer += [tokenizer.bos_id] + ids + [tokenizer.eos_id]
                 while len(buffer) >= seq_len + 1:
                     windows.append(buffer[: seq_len + 1])
+                    count["windows"] += 1
                     del buffer[:seq_len]
                     if max_windows is not None and len(windows) >= max_windows:
                         return torch.tensor(windows, dtype=torch.long)
+        count["complete"] = True
     return torch.tensor(windows, dtype=torch.long).reshape(-1, seq_len + 1)
 
 

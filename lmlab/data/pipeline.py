@@ -2,17 +2,23 @@
 
 ``build_data`` is what training needs; ``build_validation`` is its validation part alone, for
 evaluating a saved run with its saved tokenizer without reading (or tokenizing) any training text.
+
+Both say what the data yields (``yields``: tokens and windows per source) and refuse nothing:
+a training source without a single token, a validation set without a single window. Bad records
+are skipped and counted in one ``BadRecords`` per run (``data.max_bad_records``); going over the
+budget while the data is prepared stops the data phase, while training it stops the loop.
 """
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
-from lmlab.data import loader, sources, wikitext
+from lmlab.data import loader, sources, wikitext, yields
+from lmlab.data.badrecords import BadRecords, OnRecord
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.rundir import TOKENIZER_FILE
@@ -23,6 +29,7 @@ class ValidationData:
     batches: Callable[[], Iterable[torch.Tensor]]  # tokenized on the first call, reused after
     byte_lengths: torch.Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
     pad_id: int | None
+    yields: list[yields.Yield] = field(default_factory=list)  # filled by the first batches() call
 
 
 @dataclass
@@ -34,6 +41,8 @@ class RunData:
     byte_lengths: torch.Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
     pad_id: int | None
     steps_per_epoch: int = 0  # epoch mode only
+    bad_records: BadRecords | None = None  # skipped so far; the loop stops once it is over budget
+    yields: list[yields.Yield] = field(default_factory=list)  # tokens / windows per source
 
 
 def prepare_tokenizer(cfg, run_dir: Path, texts: Callable[[], Iterable[str]]) -> Tokenizer:
@@ -66,47 +75,77 @@ def _check_same_tokenizer(cfg, tokenizer: Tokenizer, saved: Path) -> None:
             f"trained with). Fix: set data.tokenizer.name={tokenizer.name} to resume, {new_run}.")
 
 
-def build_data(cfg, run_dir: Path) -> RunData:
-    """Tokenizer, training loader and validation batches of run config ``cfg``."""
+def build_data(cfg, run_dir: Path, on_bad_record: OnRecord | None = None) -> RunData:
+    """Tokenizer, training loader and validation batches of run config ``cfg``; ``on_bad_record``
+    reports each skipped bad record (default: a warning at the first of each file)."""
     data = cfg.data
+    bad = BadRecords(sources.bad_record_budget(data), on_bad_record)
     steps_per_epoch = 0
     if data.source == "wikitext2":
         # epoch mode (or step mode over epochs) on fixed (N, seq_len) word sequences
         train_lines = wikitext.read_split_lines(data.path, data.train_split)
         tokenizer = prepare_tokenizer(data.tokenizer, run_dir, lambda: train_lines)
-        train = wikitext.SequenceLoader(wikitext.build_sequences(train_lines, tokenizer, data.seq_len),
-                                        data.batch_size, cfg.seed, data.shuffle)
+        sequences = wikitext.build_sequences(train_lines, tokenizer, data.seq_len)
+        found = [yields.sequence_yield("training", data.train_split, _split_file(data, data.train_split),
+                                       len(sequences), data.seq_len)]
+        train = wikitext.SequenceLoader(sequences, data.batch_size, cfg.seed, data.shuffle)
         steps_per_epoch = train.batches_per_epoch
         total = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.steps
     else:
-        train_sources = sources.training_sources(data)
+        train_sources = sources.training_sources(data, bad)
         tokenizer = prepare_tokenizer(
             data.tokenizer, run_dir,
             lambda: itertools.chain.from_iterable(s.texts() for s in train_sources))
+        found = [yields.training_yield(s, tokenizer, data.seq_len, _source_key(data, s.name))
+                 for s in train_sources]
         train = loader.PackedLoader(train_sources, tokenizer, data.batch_size, data.seq_len, cfg.seed,
-                                    data.shuffle)
+                                    data.shuffle, bad_records=bad)
         total = cfg.steps
-    val = build_validation(cfg, tokenizer)
-    return RunData(tokenizer, train, val.batches, total, val.byte_lengths, val.pad_id, steps_per_epoch)
+    val = build_validation(cfg, tokenizer, bad)
+    if cfg.eval.validation.enabled:
+        val.batches()  # tokenized now rather than at the first validation: zero windows are refused here
+        found += val.yields
+    bad.check("Stopped while preparing the data, before training (the run's checkpoints are as they were).")
+    return RunData(tokenizer, train, val.batches, total, val.byte_lengths, val.pad_id, steps_per_epoch,
+                   bad, found)
 
 
-def build_validation(cfg, tokenizer: Tokenizer) -> ValidationData:
+def _source_key(data, name: str) -> str:
+    return {"jsonl": f"data.sources.{name}", "text": "data.path"}.get(data.source, "data.source")
+
+
+def _split_file(data, split: str) -> Path | None:
+    return wikitext.local_split_file(data.path, split) if data.path else None
+
+
+def build_validation(cfg, tokenizer: Tokenizer, bad: BadRecords | None = None) -> ValidationData:
     """Validation batches of run config ``cfg`` encoded with ``tokenizer``; reads validation text only.
 
     Nothing is read until the first call of ``batches()``; the tokenized windows are then kept and
     reused at every validation. ``eval.validation.max_steps`` caps the batches (0: all of them).
+    That first call raises when the validation data yields no window (naming its files), or when
+    its bad records go over ``data.max_bad_records`` (``bad``: the run's, else a new count).
     """
     data = cfg.data
     budget = cfg.eval.validation.max_steps
     limit = budget * data.batch_size if budget else None
     cache: list[torch.Tensor] = []
+    found: list[yields.Yield] = []
+    bad = bad if bad is not None else BadRecords(sources.bad_record_budget(data))
 
     def windows() -> torch.Tensor:
         if data.source == "wikitext2":
             lines = wikitext.read_split_lines(data.path, data.val_split)
-            return wikitext.build_sequences(lines, tokenizer, data.seq_len)[:limit]
-        return loader.validation_windows(sources.validation_sources(data), tokenizer, data.seq_len,
-                                         limit)
+            sequences = wikitext.build_sequences(lines, tokenizer, data.seq_len)[:limit]
+            found.append(yields.sequence_yield("validation", data.val_split,
+                                               _split_file(data, data.val_split), len(sequences),
+                                               data.seq_len))
+            return sequences
+        val_sources, tally = sources.validation_sources(data, bad), {}
+        out = loader.validation_windows(val_sources, tokenizer, data.seq_len, limit, tally)
+        bad.check("Stopped while reading the validation data.")
+        found.extend(yields.validation_yields(val_sources, tally, data.seq_len))
+        return out
 
     def batches() -> Iterable[torch.Tensor]:
         if not cache:
@@ -114,4 +153,4 @@ def build_validation(cfg, tokenizer: Tokenizer) -> ValidationData:
         return loader.fixed_batches(cache[0], data.batch_size)
 
     byte_lengths = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.float64)
-    return ValidationData(batches, byte_lengths, tokenizer.pad_id)
+    return ValidationData(batches, byte_lengths, tokenizer.pad_id, found)

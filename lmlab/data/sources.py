@@ -12,8 +12,8 @@ from __future__ import annotations
 import gzip
 import json
 import mmap
+import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lmlab.data import wikitext
+from lmlab.data.badrecords import CHECK_HINT, BadRecords
 from lmlab.data.tokenizers import TokenizerConfig
 from lmlab.errors import LmlabError, Problem
 
@@ -52,8 +53,15 @@ class DataConfig:
     seq_len: int = field(default=1024, metadata={"help": "Tokens per training sequence."})
     shuffle: bool = field(default=True, metadata={
         "help": "Visit files and documents in a seeded random order each epoch of the data."})
+    max_bad_records: int = field(default=100, metadata={
+        "help": "Bad records (a line that is not a JSON object with a 'text' string, or not UTF-8) "
+                "a run may skip: each is skipped, counted and recorded (file:line in events.jsonl, "
+                "one console line per file, `lmlab report`); one more stops the run with exit 2 "
+                "after a checkpoint, listing them and the fix. 0: stop at the first. `lmlab check "
+                "CONFIG --data` lists every bad line at once."})
     skip_bad_lines: bool = field(default=False, metadata={
-        "help": "Skip (and count) malformed JSON lines instead of stopping with an error."})
+        "help": "Older setting, kept so that older configs load: true lifts the data.max_bad_records "
+                "limit (every bad record is skipped and counted)."})
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig, metadata={
         "help": "Tokenizer."})
 
@@ -62,21 +70,30 @@ class DataConfig:
 
 
 class DocumentFile:
-    """One file seen as documents: jsonl lines (``text`` field) or blank-line separated paragraphs."""
+    """One file seen as documents: jsonl lines (``text`` field) or blank-line separated paragraphs.
 
-    def __init__(self, name: str, data: bytes | mmap.mmap, kind: str, skip_bad_lines: bool = False):
-        self.name, self.data, self.kind, self.skip_bad_lines = name, data, kind, skip_bad_lines
-        self.bad_lines = 0  # distinct bad lines skipped so far (a line re-read each data epoch counts once)
-        self._bad_seen: set[int] = set()
+    A bad record (a line that is not a JSON object with a ``text`` string, or not UTF-8) raises an
+    error naming ``file:line``, or, with ``bad`` (a run's ``BadRecords``), is skipped and counted.
+    """
+
+    def __init__(self, name: str, data: bytes | mmap.mmap, kind: str, bad: BadRecords | None = None):
+        self.name, self.data, self.kind, self.bad = name, data, kind, bad
 
     @classmethod
-    def open(cls, path: Path, skip_bad_lines: bool = False) -> "DocumentFile":
+    def open(cls, path: Path, skip_bad_lines: bool = False, bad: BadRecords | None = None) -> "DocumentFile":
+        """``skip_bad_lines`` without ``bad``: skip every bad record, warning at the first."""
         kind = "jsonl" if path.name.endswith(".jsonl") else "text"
+        bad = bad if bad is not None or not skip_bad_lines else BadRecords(None)
         with open(path, "rb") as handle:
             if path.stat().st_size == 0:
-                return cls(str(path), b"", kind, skip_bad_lines)
+                return cls(str(path), b"", kind, bad)
             data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        return cls(str(path), data, kind, skip_bad_lines)
+        return cls(str(path), data, kind, bad)
+
+    @property
+    def bad_lines(self) -> int:
+        """Distinct bad records of this file skipped so far."""
+        return self.bad.per_file.get(self.name, 0) if self.bad is not None else 0
 
     @cached_property
     def spans(self) -> np.ndarray:
@@ -87,34 +104,31 @@ class DocumentFile:
         return len(self.spans)
 
     def text(self, index: int) -> str | None:
-        """Document ``index`` as text; None for a bad line that ``skip_bad_lines`` lets us skip."""
-        start, end, line = (int(x) for x in self.spans[index])
-        raw = bytes(self.data[start:end])
+        """Document ``index`` as text; None for a bad record that ``bad`` lets us skip."""
         try:
-            decoded = raw.decode("utf-8")
-            if self.kind != "jsonl":
-                return decoded
-            text = json.loads(decoded)["text"]
-            if not isinstance(text, str):  # e.g. {"text": 5} or {"text": null}
-                raise TypeError(f"'text' is {type(text).__name__}")
-            return text
+            return self._read(index)
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-            if self.skip_bad_lines:
-                self._skip(line, err)
-                return None
-            raise LmlabError(_bad_line_message(self.name, line, err)) from None
+            line = int(self.spans[index][2])
+            if self.bad is None:
+                raise LmlabError(_bad_line_message(self.name, line, err)) from None
+            self.bad.add(self.name, line, bad_line_what(err))
+            return None
 
-    def _skip(self, line: int, err: Exception) -> None:
-        """Count a skipped bad line; warn (shown on stderr, recorded in events.jsonl) at the 1st,
-        10th, 100th ... distinct one of this file, so a file full of them cannot flood the log."""
-        if line in self._bad_seen:
-            return
-        self._bad_seen.add(line)
-        self.bad_lines = n = len(self._bad_seen)
-        if n == 10 ** (len(str(n)) - 1):
-            warnings.warn(f"{self.name}:{line}: {_bad_line_what(err)}; skipped (data.skip_bad_lines="
-                          f"true). {n} bad line{'s' if n > 1 else ''} skipped in {self.name} so far.",
-                          UserWarning, stacklevel=2)
+    def peek(self, index: int) -> str | None:
+        """Document ``index``, or None for a bad record, which is left for ``text`` to report."""
+        try:
+            return self._read(index)
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+            return None
+
+    def size(self, index: int) -> int:
+        start, end, _ = self.spans[index]
+        return int(end - start)
+
+    def _read(self, index: int) -> str:
+        start, end, _ = (int(x) for x in self.spans[index])
+        raw = bytes(self.data[start:end])
+        return parse_record(raw) if self.kind == "jsonl" else raw.decode("utf-8")
 
     def texts(self):
         """Every document in file order."""
@@ -124,12 +138,22 @@ class DocumentFile:
                 yield text
 
 
+def parse_record(raw: bytes | str) -> str:
+    """The ``text`` of one jsonl line; raises UnicodeDecodeError, ValueError (bad JSON), KeyError
+    (no ``text``) or TypeError (not an object, or ``text`` not a string): ``bad_line_what`` says it."""
+    record = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    text = record["text"]  # a list or a number raises TypeError here
+    if not isinstance(text, str):  # e.g. {"text": 5} or {"text": null}
+        raise TypeError(f"'text' is {type(text).__name__}")
+    return text
+
+
 def _bad_line_message(name: str, line: int, err: Exception) -> str:
-    return (f"{name}:{line}: {_bad_line_what(err)}. Fix the line, or set data.skip_bad_lines=true "
-            "to skip and count such lines.")
+    return (f"{name}:{line}: {bad_line_what(err)}. Fix the line ({CHECK_HINT}), or let training "
+            "skip and count such lines up to data.max_bad_records (data.skip_bad_lines=true: no limit).")
 
 
-def _bad_line_what(err: Exception) -> str:
+def bad_line_what(err: Exception) -> str:
     if isinstance(err, UnicodeDecodeError):
         what = f"bytes that are not UTF-8 at offset {err.start}"
     elif isinstance(err, KeyError):
@@ -186,34 +210,40 @@ class Source:
             yield from doc_file.texts()
 
 
-def training_sources(cfg: DataConfig) -> list[Source]:
-    """Training sources for step mode (every file of every source is used)."""
+def training_sources(cfg: DataConfig, bad: BadRecords | None = None) -> list[Source]:
+    """Training sources for step mode (every file of every source is used). Bad records raise,
+    or with ``bad`` are skipped and counted there."""
     if cfg.source == "jsonl":
         root = Path(cfg.root_dir)
-        return [Source(name, _open_all(sorted((root / name).glob(TRAIN_GLOB)), cfg), weight)
+        return [Source(name, _open_all(sorted((root / name).glob(TRAIN_GLOB)), cfg, bad), weight)
                 for name, weight in cfg.sources.items()]
     if cfg.source == "text":
-        return [Source("text", _open_all(text_files(cfg.path), cfg))]
+        return [Source("text", _open_all(text_files(cfg.path), cfg, bad))]
     if cfg.source == "tinyshakespeare":
         return [Source("tinyshakespeare", [bundled_file("train")])]
     raise LmlabError(f"data.source={cfg.source!r} has no packed training stream; it trains in "
                      "epoch mode (set epochs > 0).")
 
 
-def validation_sources(cfg: DataConfig) -> list[Source]:
+def validation_sources(cfg: DataConfig, bad: BadRecords | None = None) -> list[Source]:
     if cfg.source == "jsonl":
         root = Path(cfg.root_dir)
-        return [Source(name, _open_all(sorted((root / name).glob(VAL_GLOB)), cfg), weight)
+        return [Source(name, _open_all(sorted((root / name).glob(VAL_GLOB)), cfg, bad), weight)
                 for name, weight in cfg.sources.items()]
     if cfg.source == "text":
-        return [Source("text", _open_all(text_files(cfg.val_path), cfg))] if cfg.val_path else []
+        return [Source("text", _open_all(text_files(cfg.val_path), cfg, bad))] if cfg.val_path else []
     if cfg.source == "tinyshakespeare":
         return [Source("tinyshakespeare", [bundled_file("val")])]
     return []
 
 
-def _open_all(paths: list[Path], cfg: DataConfig) -> list[DocumentFile]:
-    return [DocumentFile.open(p, cfg.skip_bad_lines) for p in paths]
+def _open_all(paths: list[Path], cfg: DataConfig, bad: BadRecords | None) -> list[DocumentFile]:
+    return [DocumentFile.open(p, cfg.skip_bad_lines, bad) for p in paths]
+
+
+def bad_record_budget(cfg: DataConfig) -> int | None:
+    """How many bad records a run may skip (None: no limit, the older ``skip_bad_lines``)."""
+    return None if cfg.skip_bad_lines else cfg.max_bad_records
 
 
 def text_files(path: str) -> list[Path]:
@@ -248,12 +278,53 @@ def check(cfg: DataConfig, validation_enabled: bool) -> list[Problem]:
         if getattr(cfg, key) <= 0:
             problems.append(Problem(f"data.{key}", f"must be > 0, got {getattr(cfg, key)}.",
                                     f"set data.{key} to a positive integer"))
+    if cfg.max_bad_records < 0:
+        problems.append(Problem("data.max_bad_records", f"must be >= 0, got {cfg.max_bad_records}.",
+                                "set data.max_bad_records=0 (stop at the first bad record) or more"))
+    found: list[Problem] = []
     if cfg.source == "jsonl":
-        problems += _check_jsonl(cfg, validation_enabled)
+        found = _check_jsonl(cfg, validation_enabled)
     elif cfg.source == "wikitext2":
-        problems += wikitext.check(cfg, validation_enabled)
+        found = wikitext.check(cfg, validation_enabled)
     elif cfg.source == "text":
-        problems += _check_text(cfg, validation_enabled)
+        found = _check_text(cfg, validation_enabled)
+    if validation_enabled and not found:  # the files exist: is any of them in both sets?
+        found = _overlap(cfg)
+    return problems + found
+
+
+def _file_id(path: Path) -> tuple:
+    """The same file under any name (a path, a symlink, a hard link)."""
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return (str(path.resolve()),)
+
+
+def _overlap(cfg: DataConfig) -> list[Problem]:
+    """A file both trained on and validated on: the validation loss would measure memorisation."""
+    if cfg.source == "jsonl":
+        root = Path(cfg.root_dir)
+        train = [(p, f"data.sources.{n}") for n in cfg.sources for p in sorted((root / n).glob(TRAIN_GLOB))]
+        val = [(p, f"data.sources.{n}") for n in cfg.sources for p in sorted((root / n).glob(VAL_GLOB))]
+        fix = (f"rename it so that it matches only one of {TRAIN_GLOB} (training) and {VAL_GLOB} "
+               "(validation), e.g. NAME.chunk.00.jsonl or NAME.val.jsonl")
+    elif cfg.source == "text":
+        train = [(p, "data.path") for p in text_files(cfg.path)]
+        val = [(p, "data.val_path") for p in text_files(cfg.val_path)]
+        fix = ("move the validation text out of the training folder (data.path reads every *.txt in "
+               "it), or point data.path at the training files only")
+    else:
+        return wikitext.overlap(cfg)
+    val_ids = {_file_id(p): (p, key) for p, key in val if p.is_file()}
+    problems = []
+    for path, key in train:
+        if path.is_file() and _file_id(path) in val_ids:
+            vpath, vkey = val_ids[_file_id(path)]
+            same = "" if vpath == path else f" (also named {vpath})"
+            problems.append(Problem(str(path), f"is both a training file ({key}) and a validation file "
+                                    f"({vkey}){same}: the model would train on its validation text.", fix))
     return problems
 
 

@@ -118,6 +118,18 @@ class SequenceLoader:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
+def overlap(cfg) -> list[Problem]:
+    """Two split names that are one local file (a copy made with a link): trained and validated on."""
+    if not cfg.path:
+        return []
+    train, val = local_split_file(cfg.path, cfg.train_split), local_split_file(cfg.path, cfg.val_split)
+    if train is None or val is None or not train.samefile(val):
+        return []
+    return [Problem(str(train), f"is both the training split ({cfg.train_split}) and the validation "
+                    f"split ({cfg.val_split}, {val}): the model would train on its validation text.",
+                    f"put the real {val.name} in {cfg.path} (not a link to the training file)")]
+
+
 def check(cfg, validation_enabled: bool) -> list[Problem]:
     """Preflight: the splits exist locally, or the hub is usable; says which files to put where."""
     splits = [cfg.train_split] + ([cfg.val_split] if validation_enabled else [])
@@ -125,6 +137,10 @@ def check(cfg, validation_enabled: bool) -> list[Problem]:
     if bad:
         return [Problem("data.train_split" if cfg.train_split in bad else "data.val_split",
                         f"unknown WikiText-2 split {bad[0]!r}.", "use train, valid or test")]
+    if validation_enabled and HF_SPLIT[cfg.train_split] == HF_SPLIT[cfg.val_split]:
+        return [Problem("data.val_split", f"{cfg.val_split!r} is also the training split (data.train_split="
+                        f"{cfg.train_split}): the model would train on its validation text.",
+                        "validate on another split: data.train_split=train data.val_split=valid")]
     if cfg.path:
         return [Problem("data.path", _missing_message(cfg.path, s), "add the file or change the split")
                 for s in splits if local_split_file(cfg.path, s) is None]

@@ -10,12 +10,15 @@ enough for this to batch well, and no result depends on which prompts happened t
 except which random numbers a sampled row draws.
 
 Every prompt starts with the tokenizer's BOS, as every training document did. When a prompt plus
-``max_tokens`` does not fit ``model.max_seq_len`` the prompt is left-truncated (its end is what the
-next token depends on most), and generation stops at the context limit.
+``max_tokens`` does not fit ``model.max_seq_len``, room is kept for ``min(max_tokens, context // 4)``
+new tokens (at least 1) and the prompt keeps its BOS and as many of its last tokens as fit (its end
+is what the next token depends on most); generation stops at the context limit. Whatever was cut is
+said once per ``generate`` call (``warn``), never silently.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections import defaultdict
 from typing import Callable, Iterator, Sequence
@@ -25,6 +28,7 @@ from torch import Tensor
 
 #: stream(prompt_index, new_text): called as soon as a piece of a row's output is final
 StreamFn = Callable[[int, str], None]
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -49,16 +53,49 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 
 def fit_prompt(ids: list[int], max_seq_len: int | None, max_tokens: int) -> tuple[list[int], int]:
-    """Left-truncate ``ids`` so that generation fits the context; returns (ids, tokens to generate).
+    """Fit a prompt (``ids``, BOS first) and its new tokens into the context; returns (ids, tokens
+    to generate).
 
     The last generated token is never fed back, so a prompt of P tokens leaves room for
-    ``max_seq_len - P + 1`` new ones. Recurrent models (``max_seq_len=None``) are never truncated.
+    ``max_seq_len - P + 1`` new ones. A prompt too long for that keeps room for ``min(max_tokens,
+    max_seq_len // 4)`` new tokens (at least 1): it keeps its first token (BOS) and as many of its
+    last tokens as fit. Recurrent models (``max_seq_len=None``) are never truncated.
     """
     if max_seq_len is None:
         return list(ids), max_tokens
-    keep = max(1, min(max_seq_len, max_seq_len + 1 - max_tokens))
-    ids = list(ids[-keep:])
-    return ids, max(0, min(max_tokens, max_seq_len - len(ids) + 1))
+    reserve = max(1, min(max_tokens, max_seq_len // 4))
+    keep = max_seq_len + 1 - reserve  # >= 1: BOS always fits
+    if len(ids) > keep:
+        ids = ids[:1] + ids[len(ids) - keep + 1:]
+    return list(ids), max(0, min(max_tokens, max_seq_len - len(ids) + 1))
+
+
+def context_notice(lengths: Sequence[int], fitted: Sequence[tuple[list[int], int]],
+                   max_seq_len: int | None, max_tokens: int) -> str | None:
+    """What ``fit_prompt`` cut, over prompts of ``lengths`` tokens (with BOS), in one sentence; None
+    when every prompt and all its ``max_tokens`` fitted."""
+    cut = [(n, len(ids)) for n, (ids, _) in zip(lengths, fitted) if len(ids) < n]
+    steps = [k for _, k in fitted]
+    capped = [k for k in steps if k < max_tokens]
+    if max_seq_len is None or not (cut or capped):
+        return None
+    head = f"the model's context is {max_seq_len} tokens: "
+    if len(fitted) == 1:
+        room = (f"all {max_tokens}" if steps[0] == max_tokens else f"{steps[0]} of the {max_tokens}") + \
+            " new tokens asked for"
+        if cut:
+            (n, kept), = cut
+            return (head + f"the prompt ({n - 1} tokens after BOS) was cut to BOS + its last {kept - 1} "
+                    f"tokens, to leave room for {room}")
+        return head + f"after the prompt ({lengths[0] - 1} tokens after BOS) there is room for {room}"
+    parts = []
+    if cut:
+        parts.append(f"{len(cut)} of {len(fitted)} prompts were cut to BOS + their last "
+                     f"{cut[0][1] - 1} tokens (the longest had {max(n for n, _ in cut) - 1})")
+    if capped:
+        parts.append(f"{len(capped)} of {len(fitted)} outputs have room for only {min(capped)} to "
+                     f"{max(capped)} of the {max_tokens} new tokens asked for")
+    return head + "; ".join(parts)
 
 
 def greedy_reference(model, ids: Sequence[int], n: int) -> list[int]:
@@ -181,16 +218,22 @@ def _length_groups(lengths: Sequence[int], batch_size: int) -> Iterator[list[int
 def generate(model, tokenizer, prompts: list[str], max_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, stop: Sequence[str] = (), seed: int | None = None,
              stream: StreamFn | None = None, batch_size: int = 32,
-             on_rows_done: Callable[[int], None] | None = None) -> list[str]:
+             on_rows_done: Callable[[int], None] | None = None,
+             warn: Callable[[str], None] | None = None) -> list[str]:
     """Continue every prompt by up to ``max_tokens`` tokens; returns the new text of each.
 
     ``temperature`` 0 is greedy; otherwise nucleus sampling (``top_p``) from a ``torch.Generator``
     seeded with ``seed`` (a fresh random seed when None). A row ends at EOS, at ``max_tokens``, at the
     context limit, or at the first stop string (which is cut off, with everything after it).
     ``stream(i, piece)`` receives each row's text as it becomes final; ``on_rows_done(n)`` counts
-    finished rows (for progress bars).
+    finished rows (for progress bars). What the context limit cut (prompts, new tokens) is said
+    once, before decoding, to ``warn(sentence)`` (default: this module's logger warns).
     """
-    fitted = [fit_prompt(encode_prompt(tokenizer, p), model.max_seq_len, max_tokens) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    fitted = [fit_prompt(ids, model.max_seq_len, max_tokens) for ids in encoded]
+    notice = context_notice([len(ids) for ids in encoded], fitted, model.max_seq_len, max_tokens)
+    if notice:
+        (warn or log.warning)(notice)
     generator = torch.Generator(device=model_device(model))
     generator.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
     texts = [""] * len(prompts)

@@ -16,7 +16,8 @@ Scoring rules (``loglikelihood``):
 
 ``loglikelihood_rolling`` uses the same windows over BOS + the whole text (lm-eval's rolling rule:
 every token predicted exactly once, the last window with full context). ``generate_until`` runs
-``generation.generate`` (prompts left-truncated to leave room for the answer).
+``generation.generate`` (prompts left-truncated, BOS kept, to leave room for the answer); what the
+context cut is logged as one warning per evaluation (per ``LmlabLM``), not one per request.
 """
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ class LmlabLM(LM):
         self.batch_size, self.max_gen_toks = batch_size, max_gen_toks
         self.progress, self.seed = progress, seed
         self._device = model_device(model)
+        self.context_notices: list[str] = []  # what generate_until's context limit cut, said once
 
     @property
     def max_length(self) -> int | None:
@@ -113,15 +115,19 @@ class LmlabLM(LM):
         out = [""] * len(requests)
         bar = tqdm(total=len(requests), desc="generate_until", unit="req",
                    disable=disable_tqdm or not self.progress)
+        notices: list[str] = []
         for g, rows in enumerate(groups.values()):
             settings = self.generation_settings(requests[rows[0]].args[1])
             texts = generate(self.model, self.tokenizer, [requests[i].args[0] for i in rows],
                              seed=self.seed + g, batch_size=self.batch_size,
-                             on_rows_done=bar.update, **settings)
+                             on_rows_done=bar.update, warn=notices.append, **settings)
             for i, text in zip(rows, texts):
                 out[i] = text
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
         bar.close()
+        if notices and not self.context_notices:
+            log.warning("generate_until: %s (said once per evaluation)", "; ".join(notices))
+        self.context_notices += notices
         return out
 
     # ----------------------------------------------------------------- helpers

@@ -2,7 +2,8 @@
 
 A row is ``{"task", "metric", "value", "stderr", "n", "seconds", ...}`` (see ``runner``).
 ``write_results`` stores rows beside the checkpoint (``eval_results.json``) and appends them to the
-run's ``metrics.eval.jsonl``, one flat line per row; ``format_rows`` prints them as a table.
+run's ``metrics.eval.jsonl``, one flat line per row (both may be another folder: ``lmlab eval
+--out DIR``); ``format_rows`` prints them as a table, ``results_json`` as the JSON file's text.
 """
 from __future__ import annotations
 
@@ -45,6 +46,12 @@ def write_results(rows: list[dict], checkpoint_dir: str | Path, run_dir: str | P
             flat = {"step": step, **{k: row.get(k) for k in _FLAT_KEYS}}
             handle.write(json.dumps(flat) + "\n")
     return target
+
+
+def results_json(rows: list[dict], step: int | None) -> str:
+    """``rows`` as JSON, as ``eval_results.json`` would hold them: what ``lmlab eval`` prints when
+    it cannot write them, so that nothing it computed is lost."""
+    return json.dumps({"step": step, "results": [_clean(r) for r in rows]}, indent=2)
 
 
 def _clean(row: dict) -> dict:

@@ -123,7 +123,7 @@ class ContextVectorLM(nn.Module):
     def __init__(self, cfg: ContextVectorConfig) -> None:
         super().__init__()
         _validate(cfg)
-        self.cfg = cfg
+        self.config = cfg
         E, H, C, V = cfg.embed_dim, cfg.hidden_dim, cfg.context_dim, cfg.vocab_size
         self.embed = nn.Embedding(V, E)
         # layers[0] reads [emb, c]: its weight's columns [:E] see the embedding, [E:] the context
@@ -151,13 +151,13 @@ class ContextVectorLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def flops_per_token(self, seq_len: int) -> tuple[int, str]:
-        n = self.num_params() - self.cfg.vocab_size * self.cfg.embed_dim
+        n = self.num_params() - self.config.vocab_size * self.config.embed_dim
         return 6 * n, "6N (N = params excluding the input embedding; each weight is used once per token)"
 
     def init_state(self, batch_size: int) -> Tensor:
         """The empty context: zeros (B, C) on the model's device and dtype."""
         w = self.head.weight
-        return torch.zeros(batch_size, self.cfg.context_dim, device=w.device, dtype=w.dtype)
+        return torch.zeros(batch_size, self.config.context_dim, device=w.device, dtype=w.dtype)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """(B, T) ids -> (B, T, V) logits; the context starts at zero for every sequence."""
@@ -167,7 +167,7 @@ class ContextVectorLM(nn.Module):
     def step(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T) ids after context ``state`` (B, C) -> ((B, T, V) logits, new context (B, C))."""
         emb_parts = self._embedding_shares(tokens)  # T tensors (B, H)
-        w_ctx = self.layers[0].weight[:, self.cfg.embed_dim :]  # (H, C): layer 0's context columns
+        w_ctx = self.layers[0].weight[:, self.config.embed_dim :]  # (H, C): layer 0's context columns
         hidden, context = self._scan(emb_parts, state, w_ctx)  # (B, T, H), (B, C)
         return self.head(hidden), context  # one (B*T, H) @ (H, V) matmul for all positions
 
@@ -182,9 +182,9 @@ class ContextVectorLM(nn.Module):
         (decoding) we project the gathered embeddings, (T, B, E) @ (E, H), and unbind by time;
         unbind, unlike indexing [t], has a cheap backward (one stack, not T zero-filled buffers).
         """
-        first, E = self.layers[0], self.cfg.embed_dim
+        first, E = self.layers[0], self.config.embed_dim
         w_emb = first.weight[:, :E]  # (H, E) view, no copy
-        if self.cfg.vocab_size < tokens.numel():
+        if self.config.vocab_size < tokens.numel():
             table = F.linear(self.embed.weight, w_emb, first.bias)  # (V, H)
             return (F.embedding(ids_t, table) for ids_t in tokens.t())  # lazily, one (B, H) per step
         return iter(F.linear(self.embed(tokens.t()), w_emb, first.bias).unbind(0))  # (T, B, H) by t
@@ -213,7 +213,7 @@ class ContextVectorLM(nn.Module):
 
     def _step_position(self, emb_part_t: Tensor, context: Tensor, w_ctx_t: Tensor) -> tuple[Tensor, Tensor]:
         """One position: (B, H) embedding share of layer 0, (B, C) context -> (B, H) hidden, (B, C) context."""
-        p, training = self.cfg.dropout, self.training
+        p, training = self.config.dropout, self.training
         h = _relu_dropout(torch.addmm(emb_part_t, context, w_ctx_t), p, training)  # (B, H)
         for layer in self.layers[1:]:
             h = _relu_dropout(torch.addmm(layer.bias, h, layer.weight.t()), p, training)
@@ -221,7 +221,7 @@ class ContextVectorLM(nn.Module):
 
     def _update_context(self, h: Tensor, context: Tensor) -> Tensor:
         """c <- clamp(LayerNorm(f * c + i * u), -10, 10) with u, f, i from one fused (B, H) @ (H, 3C)."""
-        C = self.cfg.context_dim
+        C = self.config.context_dim
         g = torch.addmm(self.gates.bias, h, self.gates.weight.t())  # (B, 3C) = [u | f | i]
         # split, not g[:, :C] / g[:, C:]: each slice's backward would zero-fill a (B, 3C) tensor,
         # split's backward is one cat
@@ -239,7 +239,7 @@ class ContextVectorLM(nn.Module):
         that one position, then the three gates as three separate projections.
         """
         B, T = tokens.shape
-        C = self.cfg.context_dim
+        C = self.config.context_dim
         context = self.init_state(B)  # (B, C)
         w_u, w_f, w_i = self.gates.weight.split(C, dim=0)  # three (C, H)
         b_u, b_f, b_i = self.gates.bias.split(C, dim=0)
@@ -247,7 +247,7 @@ class ContextVectorLM(nn.Module):
         for t in range(T):
             h = torch.cat([self.embed(tokens[:, t]), context], dim=-1)  # (B, E + C)
             for layer in self.layers:
-                h = F.dropout(F.relu(layer(h)), self.cfg.dropout, self.training)  # (B, H)
+                h = F.dropout(F.relu(layer(h)), self.config.dropout, self.training)  # (B, H)
             logits.append(self.head(h))  # (B, V)
             u = F.linear(h, w_u, b_u)
             f = torch.sigmoid(F.linear(h, w_f, b_f))

@@ -20,6 +20,8 @@ class LanguageModel(Protocol):
 
     #: longest sequence ``forward``/``step`` accept, or ``None`` when unbounded (recurrent models)
     max_seq_len: int | None
+    #: the family's config dataclass the model was built from (``name`` says which family)
+    config: Any
 
     def forward(self, tokens: Tensor) -> Tensor:
         """(B, T) int64 token ids -> (B, T, V) logits for the next token at every position."""

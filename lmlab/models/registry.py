@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import torch
 
 from lmlab.errors import Problem
+from lmlab.models import hf_llama
 from lmlab.models.context_vector import ContextVectorConfig, ContextVectorLM
 from lmlab.models.protocol import LanguageModel
 from lmlab.models.transformer import Transformer, TransformerConfig
@@ -78,9 +79,13 @@ def check(cfg: Any, vocab_size: int, seq_len: int) -> list[Problem]:
     if max_len and seq_len > max_len:
         problems.append(Problem("model.max_seq_len", f"{max_len} is shorter than data.seq_len={seq_len}.",
                                 "raise model.max_seq_len or set it to 0 (= data.seq_len)"))
-    if not problems:
-        try:
-            build_on_meta(resolve_model_config(cfg, vocab_size, max(seq_len, 1)))
-        except ValueError as err:  # the family's own shape rules (e.g. dim % n_heads)
-            problems.append(Problem("model", str(err), "adjust the model sizes named above"))
+    if problems:
+        return problems
+    try:
+        model = build_on_meta(resolve_model_config(cfg, vocab_size, max(seq_len, 1)))
+    except ValueError as err:  # the family's own shape rules (e.g. dim % n_heads)
+        return [Problem("model", str(err), "adjust the model sizes named above")]
+    if getattr(cfg, "init_from", ""):
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        problems += hf_llama.check(cfg, shapes, vocab_size)
     return problems

@@ -57,6 +57,9 @@ class TransformerConfig:
         default=False, metadata={"help": "Share the output projection with the token embedding matrix."}
     )
     init_std: float = field(default=0.02, metadata={"help": "Std of the normal init of all linear and embedding weights."})
+    init_from: str = field(default="", metadata={
+        "help": "Start from these weights instead of a random init: hf:DIR, a local Hugging Face "
+                "LlamaForCausalLM folder of the same shape and vocabulary (checked by preflight)."})
 
     def ffn_hidden_dim(self) -> int:
         """SwiGLU hidden size F: 2/3 of 4*D (keeps params equal to a 4*D GELU MLP), rounded up."""

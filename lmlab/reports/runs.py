@@ -17,8 +17,6 @@ from pathlib import Path
 from lmlab import humanize, rundir
 from lmlab.reports.status import run_status
 
-# The provenance key under which training records the model's size (see ``Run.model_size``).
-
 
 @dataclass
 class Run:

@@ -248,11 +248,12 @@ def loss_section(run: Run, t: Text) -> list[Block]:
     return blocks
 
 
-def plots_section(plots: list[Path], run: Run, t: Text) -> list[Block]:
+def plots_section(plots: list[Path], run: Run, t: Text, base: Path | None = None) -> list[Block]:
+    """``base``: the report's folder, which the image links are relative to (the run's by default)."""
     if not plots:
         return [("h", 2, t("h_plots")), ("p", t("no_plots"))]
     return [("h", 2, t("h_plots")), ("p", t("plots_intro"))] + [
-        ("img", p.relative_to(run.path).as_posix(), p.stem) for p in plots]
+        ("img", p.relative_to(base or run.path).as_posix(), p.stem) for p in plots]
 
 
 def _stats(run: Run, key: str) -> tuple[Any, Any, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from lmlab.models import hf_llama
 from lmlab.models.registry import build_model, model_size, resolve_model_config
 from lmlab.training import checkpoint as ckpt
 from lmlab.training import distributed
@@ -30,15 +31,18 @@ class TrainingParts:
 
 
 def build_parts(cfg, vocab_size: int, runtime: Runtime, d: Dist, checkpoint: Path | None) -> TrainingParts:
-    """Seeded model init (the same weights for the same seed on every rank), the weights of
-    ``checkpoint`` when resuming (loaded whole, before any sharding), the parallel wrapper, then
-    the optimizer over the (possibly sharded) parameters and its saved state."""
+    """Seeded model init (the same weights for the same seed on every rank), then the weights of
+    ``checkpoint`` when resuming or of ``model.init_from`` when starting from a Hugging Face model
+    (loaded whole, before any sharding), the parallel wrapper, then the optimizer over the
+    (possibly sharded) parameters and its saved state."""
     seed_everything(cfg.seed)
     model_cfg = resolve_model_config(cfg.model, vocab_size, cfg.data.seq_len)
     model = build_model(model_cfg).to(runtime.device)
     size = model_size(model, model_cfg, cfg.data.seq_len, cfg.data.batch_size)
     if checkpoint:
         ckpt.load_model_weights(model, checkpoint)
+    elif hf_llama.init_dir(cfg.model):  # model.init_from=hf:DIR, shapes checked by preflight
+        model.load_state_dict(hf_llama.load_state(hf_llama.init_dir(cfg.model), model))
     wrapped = distributed.wrap(model, cfg.distributed.strategy, d)
     optimizer = build_optimizer(model, cfg.optim, runtime.device)
     if checkpoint:

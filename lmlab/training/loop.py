@@ -20,6 +20,7 @@ import torch
 
 from lmlab import rundir
 from lmlab.training import checkpoint as ckpt
+from lmlab.training.batches import fetch_batch
 from lmlab.training.build import TrainingParts
 from lmlab.training.distributed import SINGLE, Dist
 from lmlab.training.console import Console, LogWindow, format_train_line, format_val_line
@@ -68,7 +69,7 @@ class Trainer:
         while step < total:
             step += 1
             started = time.perf_counter()
-            batch = self.data.train.next_batch()
+            batch = fetch_batch(self, step)  # stops here once bad data records ran over budget
             data_s = time.perf_counter() - started
             lr = lr_at(step, cfg.optim, total)
             set_lr(self.parts.optimizer, lr)
@@ -169,15 +170,18 @@ class Trainer:
         return path
 
     def _preempt(self, step: int) -> dict:
-        """Checkpoint at this step boundary (unless just saved) and exit cleanly for the scheduler."""
+        """Checkpoint at this step boundary (unless just saved) and exit cleanly for the scheduler;
+        after Ctrl-C (``reason`` SIGINT) the run is ``stopped`` rather than ``preempted``."""
         latest = rundir.latest_checkpoint(self.run_dir)
         if latest is None or latest.name != rundir.step_name(step):
             self._save(step)
+        reason = self.preemption.requested
         self.console.close()
-        self.console.line(f"received {self.preemption.requested or 'a request on another rank'}: "
-                          f"saved a checkpoint at step {step} in "
-                          f"{self.run_dir}; resume with the same command: {self.resume_command}")
-        return {"status": "preempted", "step": step, **self.last_val}
+        self.console.line(f"received {reason or 'a request on another rank'}: saved a checkpoint at "
+                          f"step {step} in {self.run_dir}; resume with the same command (it continues "
+                          f"at step {step + 1}): {self.resume_command}")
+        status = "stopped" if reason == PreemptionSignals.INTERRUPT else "preempted"
+        return {"status": status, "step": step, "reason": reason, **self.last_val}
 
     def _stop_early(self, step: int, total: int) -> dict:
         self.console.close()

@@ -76,6 +76,24 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def warmup_warnings(cfg: OptimConfig, total_steps: int, planned: str) -> list[Problem]:
+    """Allowed but almost never meant: a warmup as long as the run (``total_steps``, described by
+    ``planned``) or longer keeps the learning rate below its peak the whole run and the decay never
+    starts. A warning (the command goes on), not a problem."""
+    if cfg.warmup <= 0 or total_steps <= 0 or cfg.warmup < total_steps:
+        return []
+    share = total_steps / cfg.warmup
+    reached = f"{share * 100:.2g}% of its peak" if share < 1 else "its peak only at the last step"
+    if cfg.lr_scaling == "none" and share < 1:
+        reached += f" (optim.lr={cfg.lr:g} -> {cfg.lr * share:.3g})"
+    return [Problem("optim.warmup", f"warmup of {cfg.warmup} steps is "
+                    f"{'as long as' if share == 1 else 'longer than'} the run ({planned}): the "
+                    f"learning rate rises the whole run, reaches {reached}, and the "
+                    f"{cfg.scheduler} schedule after the warmup never starts.",
+                    f"set optim.warmup to a small part of the run, e.g. optim.warmup="
+                    f"{total_steps // 10} (10%), or train longer")]
+
+
 def check(cfg: OptimConfig, batch_size: int) -> list[Problem]:
     problems = []
     if cfg.lr_scaling == "none" and cfg.lr <= 0:

@@ -108,8 +108,10 @@ class WandbSink:
             name=cfg.run_name or run_name, dir=str(folder), id=stable_run_id(run_dir),
             resume="allow", reinit="finish_previous", config=redact(config_dict),
             settings=wandb.Settings(**WANDB_SETTINGS))
-        # One <folder>/wandb/offline-run-<time>-<id> per invocation; a resumed run syncs them all.
-        attempts = Path(self._run.dir).parent.parent / f"offline-run-*-{self._run.id}"
+        # One <folder>/wandb/offline-run-<second>-<id> per invocation, with "-1", "-2" ... appended
+        # by W&B when an invocation starts in the same second as an earlier one (wandb_init's
+        # set_sync_dir_suffix); a resumed run syncs them all.
+        attempts = Path(self._run.dir).parent.parent / f"offline-run-*-{self._run.id}*"
         where = self._run.url if cfg.mode == "online" else f"upload with: wandb sync {attempts}"
         self.note = f"W&B {cfg.mode} run {self._run.id}: {where}"
 

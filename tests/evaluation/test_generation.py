@@ -34,10 +34,11 @@ def test_prompt_is_left_truncated_to_fit_the_context(ascii_transformer, byte_tok
     prompt = "a long prompt that is longer than the forty-eight tokens of context " * 2
     ids, steps = fit_prompt([byte_tok.bos_id] + byte_tok.encode(prompt), 48, 8)
     assert len(ids) == 41 and steps == 8  # 41 + 8 - 1 = 48: the last token is never fed back
-    assert ids == byte_tok.encode(prompt)[-41:]
+    assert ids == [byte_tok.bos_id] + byte_tok.encode(prompt)[-40:]  # BOS is kept
     text, = generate(ascii_transformer, byte_tok, [prompt], max_tokens=8)
     assert text == byte_tok.decode(greedy_uncached(ascii_transformer, ids, 8))
-    assert fit_prompt(list(range(100)), 48, 100) == ([99], 48)  # generation stops at the limit
+    # max_tokens beyond the context: room for a quarter of it, the rest is prompt (BOS + its end)
+    assert fit_prompt(list(range(100)), 48, 100) == ([0] + list(range(64, 100)), 12)
     assert fit_prompt(list(range(100)), None, 100) == (list(range(100)), 100)  # recurrent: unbounded
 
 

@@ -61,7 +61,7 @@ def test_param_counts(overrides, expected):
     with torch.device("meta"):
         model = ContextVectorLM(ContextVectorConfig(vocab_size=1000, **overrides))
     assert model.num_params() == expected
-    cfg = model.cfg
+    cfg = model.config
     V, E, H, C, n = cfg.vocab_size, cfg.embed_dim, cfg.hidden_dim, cfg.context_dim, cfg.n_layers
     formula = V * E + (E + C) * H + H + (n - 1) * (H * H + H) + H * V + V + 3 * (H * C + C) + 2 * C
     assert formula == expected
@@ -215,5 +215,5 @@ def test_cuda_fast_path_matches_reference(compile_step):
     x = tokens(vocab=13).cuda()
     torch.testing.assert_close(model(x), model.forward_reference(x), **TOL)
     model.train()  # dropout > 0 goes through F.dropout on GPU: just check it runs and differs
-    model.cfg.dropout = 0.5
+    model.config.dropout = 0.5
     assert not torch.allclose(model(x), model(x))

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import importlib.util
 import secrets
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -73,23 +75,40 @@ def test_planted_key_is_in_no_run_file_and_not_on_stdout(tmp_path, jsonl_root, w
         assert secret not in result.stdout + result.stderr, name
 
 
-def test_wandb_offline_in_process_gets_a_redacted_config_and_keeps_its_id(tmp_path, wandb_env):
+@pytest.mark.parametrize("seconds_apart", [0, 2], ids=["same_second", "seconds_apart"])
+def test_wandb_offline_in_process_gets_a_redacted_config_and_keeps_its_id(tmp_path, wandb_env,
+                                                                          monkeypatch, seconds_apart):
+    # W&B names an attempt's folder offline-run-<start second>-<id>, and appends "-1" when an attempt
+    # of the same id started in the same second (wandb_init.set_sync_dir_suffix). Which case a real
+    # clock gives depends on machine load (the old assertion here failed in one full-suite run of
+    # two), so both are pinned: the start time is the only clock wandb_init reads.
+    import wandb.sdk.wandb_init as wandb_init
+
+    start = [float(int(time.time())) + 0.5]
+    monkeypatch.setattr(wandb_init, "time", SimpleNamespace(time=lambda: start[0]))
     run = tmp_path / "run"
     run.mkdir()
     key = wandb_env["WANDB_API_KEY"]
     config = {"name": "t", "data": {"root_dir": f"/data/{key}"}, "hub_token": "hf_plain_in_config"}
     cfg = LoggingConfig(wandb=WandbConfig(mode="offline"))
-    ids = []
+    ids, notes = [], []
     for _ in range(2):  # the second invocation is a resume of the same run directory
         sinks = build_sinks(cfg, run, "t", config)
         assert list(sinks.optional) == ["W&B"] and sinks.notes[0].startswith("W&B offline run")
         ids.append((run / WANDB_ID_FILE).read_text().strip())
+        notes.append(sinks.notes[0])
         assert f"run {ids[-1]}: upload with: wandb sync" in sinks.notes[0]
         log_all(sinks)
         sinks.close()
+        start[0] += seconds_apart
     assert ids[0] == ids[1]
-    # offline-run-<second>-<id>: two folders unless both invocations started in the same second
-    assert {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")} == {ids[0]}
+    # one folder per invocation, each with this run's transaction log ...
+    folders = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and all((f / f"run-{ids[0]}.wandb").is_file() for f in folders)
+    assert folders[1].name.endswith(f"{ids[0]}-1") == (seconds_apart == 0)
+    # ... and the sync command the console shows uploads both
+    pattern = Path(notes[-1].split("wandb sync ", 1)[1])
+    assert sorted(pattern.parent.glob(pattern.name)) == folders
     assert files_containing(tmp_path, key) == []
     assert files_containing(tmp_path, "hf_plain_in_config") == []
     assert len(read_jsonl(run / "metrics.jsonl")) == 2 * len(METRICS)
