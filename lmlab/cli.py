@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands[name].add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                                     help="overrides such as optim.lr=1e-3 or data.sources=[a,b]")
     commands["info"].add_argument("--json", action="store_true", help="print one JSON object")
+    commands["check"].add_argument("--data", action="store_true",
+                                   help="also read every training and validation file and list every "
+                                        "bad line (file:line: reason) at once")
     commands["train"].add_argument("--nproc", type=int, default=1, metavar="N",
                                    help="train with N processes on this machine (starts torchrun)")
     _eval_arguments(commands["eval"])

@@ -67,7 +67,9 @@ class RunConfig:
             "choices": ["auto", "fp32", "bf16", "fp16"],
         },
     )
-    compile: bool = field(default=False, metadata={"help": "Wrap the model in torch.compile."})
+    compile: bool | None = field(default=None, metadata={
+        "help": "Wrap the model in torch.compile: true, false, or null (auto: on CUDA, off on CPU, "
+                "where compiling costs more than it saves for small models)."})
     model: Any = field(
         default_factory=lambda: model_config_class(DEFAULT_MODEL)(),
         metadata={"help": f"Model; 'name' picks the family: {sorted(MODELS)}.",

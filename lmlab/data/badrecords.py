@@ -82,9 +82,9 @@ class BadRecords:
 
     def describe(self, record: BadRecord) -> str:
         """The one line shown for the first bad record of a file."""
-        limit = f"at most {self.budget} skipped ({self.setting})" if self.budget is not None else \
-            "no limit (data.skip_bad_lines=true)"
-        return (f"{record}; skipped, not trained on (bad record {self.count}, {limit}). Further bad "
+        limit = f"of at most {self.setting}={self.budget}" if self.budget is not None else \
+            "; no limit: data.skip_bad_lines=true"
+        return (f"{record}; skipped, not trained on (bad record {self.count} {limit}). Further bad "
                 f"records of this file are counted without a line each; {CHECK_HINT}.")
 
     def summary(self) -> str:
@@ -115,15 +115,18 @@ class BadRecords:
     def state_dict(self) -> dict:
         return {"count": self.count, "records": [[r.file, r.line, r.reason] for r in self.records]}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Merge the records a checkpoint saw with those this invocation met already."""
+    def load_state_dict(self, state: dict, still_bad: Callable[[str, int], bool] | None = None) -> None:
+        """Merge the records a checkpoint saw with those this invocation met already; a saved one
+        that ``still_bad(file, line)`` finds repaired since no longer counts."""
         mine = self.records
         self.count, self.records, self.per_file, self._seen = 0, [], {}, set()
         saved = [BadRecord(str(f), int(n), str(r)) for f, n, r in state.get("records", [])]
+        if still_bad is not None:
+            saved = [r for r in saved if still_bad(r.file, r.line)]
         for record in saved + mine:
             if (record.file, record.line) not in self._seen:
                 self._seen.add((record.file, record.line))
                 self.records.append(record)
                 self.per_file[record.file] = self.per_file.get(record.file, 0) + 1
-        unsaved = max(0, int(state.get("count", 0)) - len(saved))  # beyond SAVED: counted only
+        unsaved = max(0, int(state.get("count", 0)) - len(state.get("records", [])))  # beyond SAVED
         self.count = len(self.records) + unsaved

@@ -134,7 +134,9 @@ class PackedLoader:
         for stream, stream_state in zip(self.streams, state["streams"], strict=True):
             stream.load_state_dict(stream_state)
         if self.bad_records is not None and "bad_records" in state:
-            self.bad_records.load_state_dict(state["bad_records"])
+            files = {f.name: f for stream in self.streams for f in stream.source.files}
+            self.bad_records.load_state_dict(  # a line repaired since the checkpoint counts no more
+                state["bad_records"], lambda name, line: name in files and files[name].is_bad_line(line))
 
 
 def validation_windows(sources: list[Source], tokenizer: Tokenizer, seq_len: int,

@@ -121,6 +121,11 @@ class DocumentFile:
         except (UnicodeDecodeError, ValueError, KeyError, TypeError):
             return None
 
+    def is_bad_line(self, line: int) -> bool:
+        """Whether 1-based ``line`` holds a document that cannot be read."""
+        index = int(np.searchsorted(self.spans[:, 2], line))
+        return index < len(self) and int(self.spans[index][2]) == line and self.peek(index) is None
+
     def size(self, index: int) -> int:
         start, end, _ = self.spans[index]
         return int(end - start)

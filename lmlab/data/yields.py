@@ -38,6 +38,7 @@ class Yield:
     exact: bool  # False: estimated from the first ``sampled`` bytes
     sampled: int = 0
     note: str = ""
+    read: bool = True  # False: a validation source that eval.validation.max_steps left unread
 
     def line(self) -> str:
         if self.tokens is None:  # fixed sequences (WikiText-2)
@@ -45,6 +46,9 @@ class Yield:
                     f"of {self.window} tokens")
         about = "" if self.exact else "~"
         files = f"{len(self.files)} file{'s' if len(self.files) != 1 else ''}"
+        if not self.read:
+            return (f"data: {self.role} source {self.source}: {files}, {si(self.bytes, 'B')}: not read "
+                    "(eval.validation.max_steps was reached before it)")
         per = " per pass" if self.role == "training" else ""
         how = "" if self.exact else f", estimated from its first {si(self.sampled, 'B')}"
         return (f"data: {self.role} source {self.source}: {files}, {si(self.bytes, 'B')} -> "
@@ -119,13 +123,13 @@ def validation_yields(sources: list[Source], tally: dict, seq_len: int) -> list[
         count = tally.get(source.name)
         if count is None:
             out.append(Yield("validation", source.name, files, _file_bytes(source), 0, 0, 0, seq_len + 1,
-                             True, note=" (not read: eval.validation.max_steps was reached before it)"))
+                             True, read=False))
             continue
         note = "" if count["complete"] else " (eval.validation.max_steps reached here)"
         out.append(Yield("validation", source.name, files, _file_bytes(source), 0, count["tokens"],
                          count["windows"], seq_len + 1, True, note=note))
     # each read to its end (a source cut by max_steps has a window)
-    empty = [y for y in out if y.windows == 0 and y.source in tally]
+    empty = [y for y in out if y.windows == 0 and y.read]
     if empty or not out:
         what = "yields" if empty else "has no source, so it yields"
         y = empty[0] if empty else Yield("validation", "-", [], 0, 0, 0, 0, seq_len + 1, True)

@@ -23,7 +23,8 @@ def fetch_batch(trainer, step: int) -> torch.Tensor:
         if done > 0 and (latest is None or latest.name != rundir.step_name(done)):
             trainer._save(done)  # the checkpoint the loop itself would write (collective on N ranks)
         trainer.console.close()
-        saved = (f"Stopped after step {done}, checkpointed in {trainer.run_dir}: after the fix the same "
-                 f"command resumes from it ({trainer.resume_command}).") if done > 0 else ""
+        saved = (f"Stopped after step {done}, checkpointed in {trainer.run_dir}: once the lines are "
+                 f"fixed (or the budget raised) the command resumes from there: "
+                 f"{trainer.resume_command}") if done > 0 else ""
         raise bad.error(saved)
     return trainer.data.train.next_batch()

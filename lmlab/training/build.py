@@ -47,6 +47,7 @@ def build_parts(cfg, vocab_size: int, runtime: Runtime, d: Dist, checkpoint: Pat
     optimizer = build_optimizer(model, cfg.optim, runtime.device)
     if checkpoint:
         ckpt.load_optimizer(model, optimizer, checkpoint)
-    forward = torch.compile(wrapped) if cfg.compile else wrapped
+    compiled = cfg.compile if cfg.compile is not None else runtime.device.type == "cuda"
+    forward = torch.compile(wrapped) if compiled else wrapped
     return TrainingParts(model, model_cfg, optimizer, runtime.grad_scaler(), forward, size,
                          peak_flops(runtime.device))

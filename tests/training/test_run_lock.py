@@ -2,7 +2,9 @@
 dump_dir, a holder killed with ``kill -9`` and a SIGINT leave behind.
 
 The processes that race, get killed or get a signal are real ``lmlab train`` subprocesses; the runs
-they are compared with train in-process (the same code, without a second torch start-up)."""
+they are compared with train in-process (the same code, without a second torch start-up). Every
+one computes on one thread: on a shared 2-core machine that is several times faster than two
+threads fighting over the cores, and the same thread count keeps CPU results bitwise comparable."""
 from __future__ import annotations
 
 import os
@@ -33,8 +35,17 @@ def tiny_args(root: Path, run: Path, *extra: str) -> list[str]:
             f"dump_dir={run}", *QUIET, *extra]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def start(args: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["OMP_NUM_THREADS"] = "1"  # as _one_thread in this process
     return subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

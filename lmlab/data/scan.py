@@ -1,0 +1,174 @@
+"""``lmlab check CONFIG --data``: read every training and validation file of a config once, at disk
+speed, and report every bad line at once (``file:line: reason``), instead of meeting them one at a
+time during training.
+
+A jsonl line is good when it is UTF-8, one JSON object, with a ``text`` string (``sources.
+parse_record``, the very rule training reads by); a text file (``data.source`` text, a local
+WikiText-2 copy) must be UTF-8. Blank lines are not documents and are not counted as bad. A source
+whose every document has empty text is reported too: it would train on BOS/EOS alone.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lmlab.data import sources, wikitext
+from lmlab.data.badrecords import BadRecord
+from lmlab.errors import LmlabError
+from lmlab.humanize import si
+
+BLOCK = 16 << 20  # bytes read at a time
+SHOWN_PER_FILE = 200  # bad lines listed per file (all are counted)
+
+
+@dataclass
+class DataFile:
+    role: str  # training | validation
+    source: str  # the config key naming it: data.sources.NAME, data.path, data.val_split ...
+    path: Path
+    kind: str  # jsonl | text
+
+
+@dataclass
+class Scan:
+    files: list[DataFile]
+    lines: int = 0
+    bytes: int = 0
+    documents: dict[tuple[str, str], int] = field(default_factory=dict)  # (role, source) -> count
+    empty: dict[tuple[str, str], int] = field(default_factory=dict)  # ... with empty text
+    bad: list[BadRecord] = field(default_factory=list)
+    bad_per_file: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # what could not be scanned, and why
+
+    def hollow_sources(self) -> list[tuple[str, str]]:
+        """(role, source) whose documents all have empty text (or which have none that reads)."""
+        return [key for key, n in self.documents.items() if n == self.empty.get(key, 0)]
+
+    def summary(self) -> str:
+        speed = si(self.bytes / self.seconds, "B/s") if self.seconds > 0 else "-"
+        roles = {r: sum(f.role == r for f in self.files) for r in ("training", "validation")}
+        lines = [f"data: scanned {len(self.files)} files ({roles['training']} training, "
+                 f"{roles['validation']} validation): {self.lines:,} lines, {si(self.bytes, 'B')} in "
+                 f"{self.seconds:.2f} s ({speed})"]
+        for (role, source), n in self.documents.items():
+            empty = self.empty.get((role, source), 0)
+            lines.append(f"  {role} {source}: {n:,} documents" + (f", {empty:,} with empty text" if empty else ""))
+        lines += [f"  not scanned: {why}" for why in self.skipped]
+        return "\n".join(lines)
+
+    def error(self) -> LmlabError | None:
+        if not self.bad and not self.hollow_sources():
+            return None
+        parts = []
+        if self.bad:
+            n, files = sum(self.bad_per_file.values()), len(self.bad_per_file)
+            parts.append(f"{n:,} bad line{'s' if n != 1 else ''} in {files} file{'s' if files != 1 else ''} "
+                         "(not a JSON object with a 'text' string, or not UTF-8):")
+            parts += [f"  {record}" for record in self.bad]
+            parts += [f"  ... and {count - SHOWN_PER_FILE:,} more in {name}"
+                      for name, count in self.bad_per_file.items() if count > SHOWN_PER_FILE]
+        for role, source in self.hollow_sources():
+            n = self.documents[(role, source)]
+            what = f"every one of its {n:,} documents has empty text" if n else "it has no readable document"
+            alone = " (training would see BOS/EOS alone)" if role == "training" else ""
+            parts.append(f"{role} {source}: {what}, so it yields 0 tokens{alone}.")
+        fixes = (["repair or delete those lines (until then training skips up to data.max_bad_records "
+                  "of them, then stops with exit 2)"] if self.bad else []) + \
+                (["fill the empty sources with text, or remove them from the config (training refuses a "
+                  "source without text)"] if self.hollow_sources() else [])
+        parts.append(f"Fix: {'; '.join(fixes)}.")
+        return LmlabError("\n".join(parts))
+
+
+def data_files(cfg: sources.DataConfig) -> tuple[list[DataFile], list[str]]:
+    """Every training and validation file the config names that exists (validation files even when
+    validation is off: ``lmlab eval`` reads them), and what cannot be scanned."""
+    found, skipped = [], []
+    if cfg.source == "jsonl":
+        root = Path(cfg.root_dir)
+        for name in cfg.sources:
+            for role, pattern in (("training", sources.TRAIN_GLOB), ("validation", sources.VAL_GLOB)):
+                found += [DataFile(role, f"data.sources.{name}", p, "jsonl")
+                          for p in sorted((root / name).glob(pattern))]
+    elif cfg.source == "text":
+        for role, key, value in (("training", "data.path", cfg.path), ("validation", "data.val_path", cfg.val_path)):
+            if value:
+                found += [DataFile(role, key, p, "text") for p in sources.text_files(value) if p.is_file()]
+    elif cfg.source == "wikitext2":
+        for role, split in (("training", cfg.train_split), ("validation", cfg.val_split)):
+            path = wikitext.local_split_file(cfg.path, split) if cfg.path else None
+            if path is not None:
+                found.append(DataFile(role, f"split {split}", path, "text"))
+            else:
+                skipped.append(f"WikiText-2 split {split} (no local copy in data.path: read from the hub)")
+    else:
+        skipped.append(f"data.source={cfg.source} (bundled with lmlab)")
+    return found, skipped
+
+
+def scan_data(cfg: sources.DataConfig, progress: bool | None = None) -> Scan:
+    """Read every data file of ``cfg`` (a tqdm bar in bytes on stderr; ``progress=None``: only on
+    a terminal)."""
+    files, skipped = data_files(cfg)
+    scan = Scan(files, skipped=skipped)
+    started = time.perf_counter()
+    total = sum(f.path.stat().st_size for f in files)
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="scanning data",
+              disable=None if progress is None else not progress, leave=False) as bar:
+        for data_file in files:
+            _scan_file(data_file, scan, bar.update)
+    scan.seconds = time.perf_counter() - started
+    return scan
+
+
+def _scan_file(data_file: DataFile, scan: Scan, advance) -> None:
+    key = (data_file.role, data_file.source)
+    scan.documents.setdefault(key, 0)
+    jsonl, name = data_file.kind == "jsonl", str(data_file.path)
+    line_no, rest = 0, b""
+    with open(data_file.path, "rb") as handle:
+        while True:
+            block = handle.read(BLOCK)
+            if not block:
+                lines, rest = ([rest] if rest else []), b""
+            else:
+                advance(len(block))
+                scan.bytes += len(block)
+                data = rest + block
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    rest = data
+                    continue
+                lines, rest = data[:cut].split(b"\n"), data[cut + 1:]
+            for raw in lines:
+                line_no += 1
+                problem = _line_problem(raw, jsonl, key, scan)
+                if problem:
+                    _add_bad(scan, name, line_no, problem)
+            if not block:
+                break
+    scan.lines += line_no
+
+
+def _line_problem(raw: bytes, jsonl: bool, key: tuple[str, str], scan: Scan) -> str | None:
+    """Why one line is bad (None: good); counts documents (text files: non-blank lines) and empty texts."""
+    if not raw.strip():
+        return None  # a blank line: no document (as the loader sees it)
+    try:
+        text = sources.parse_record(raw) if jsonl else raw.decode("utf-8")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        return sources.bad_line_what(err)
+    scan.documents[key] += 1
+    if not text.strip():
+        scan.empty[key] = scan.empty.get(key, 0) + 1
+    return None
+
+
+def _add_bad(scan: Scan, name: str, line: int, reason: str) -> None:
+    count = scan.bad_per_file[name] = scan.bad_per_file.get(name, 0) + 1
+    if count <= SHOWN_PER_FILE:
+        scan.bad.append(BadRecord(name, line, reason))
