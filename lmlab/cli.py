@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands["check"].add_argument("--data", action="store_true",
                                    help="also read every training and validation file and list every "
                                         "bad line (file:line: reason) at once")
-    commands["train"].add_argument("--nproc", type=int, default=1, metavar="N",
+    commands["train"].add_argument("--nproc", type=int, default=None, metavar="N",
                                    help="train with N processes on this machine (starts torchrun)")
     _eval_arguments(commands["eval"])
     _generate_arguments(commands["generate"])

@@ -44,7 +44,9 @@ INTERRUPTED_EXIT = 130  # a command stopped by Ctrl-C (128 + SIGINT), as shells 
 
 def run(args) -> int:
     started = time.perf_counter()
-    if args.nproc > 1 and distributed.launched_world_size() == 1:
+    if args.nproc is not None and args.nproc < 1:
+        raise LmlabError(f"--nproc must be >= 1, got {args.nproc}. Fix: --nproc 1 or more (one per GPU).")
+    if args.nproc is not None and not distributed.launched_by_torchrun():
         load_and_check(args.config, args.overrides, world_size=args.nproc)  # refuse before launching
         return distributed.launch_local(args.nproc, _without_nproc(args.argv))
     cfg = load_and_check(args.config, args.overrides)

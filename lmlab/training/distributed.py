@@ -69,6 +69,11 @@ class Dist:
 SINGLE = Dist()  # a plain process
 
 
+def launched_by_torchrun() -> bool:
+    """This process is one of a job's (torchrun sets LOCAL_RANK for every worker it starts)."""
+    return "LOCAL_RANK" in os.environ
+
+
 def launched_world_size() -> int:
     """WORLD_SIZE as set by torchrun / SLURM (1 when launched as a plain process)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
