@@ -135,7 +135,8 @@ def _dump_dir_problem(dump_dir: str) -> Problem | None:
                        "set dump_dir to a folder for this run, e.g. dump_dir=runs/NAME")
     dump_dir = Path(dump_dir)
     try:
-        others = sorted(p.name for p in dump_dir.iterdir()) if dump_dir.is_dir() else []
+        names = [p.name for p in dump_dir.iterdir()] if dump_dir.is_dir() else []
+        others = sorted(name for name in names if not rundir.is_own_name(name))
     except OSError:
         others = []  # unreadable: the probe below says what is wrong
     if others and not rundir.is_lmlab_dir(dump_dir):

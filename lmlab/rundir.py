@@ -159,14 +159,18 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def is_lmlab_dir(path: str | Path) -> bool:
-    """A folder lmlab may write into as a run: marked as one, being started (its lock file), a
-    run from before the marker (``is_run_dir`` or ``provenance.json``), or the folder of a SLURM
-    job written before the marker (``submit.slurm`` and ``code/``). Preflight refuses any other
-    folder that holds files."""
+    """A folder lmlab may write into as a run: marked as one (``RUN_MARKER``), a run from before
+    the marker (``is_run_dir`` or ``provenance.json``), or the folder of a SLURM job written before
+    it (``submit.slurm`` and ``code/``). Preflight refuses any other folder that holds files."""
     path = Path(path)
-    return ((path / RUN_MARKER).is_file() or (path / LOCK_FILE).is_file() or is_run_dir(path)
-            or (path / PROVENANCE_FILE).is_file()
+    return ((path / RUN_MARKER).is_file() or is_run_dir(path) or (path / PROVENANCE_FILE).is_file()
             or ((path / SUBMIT_FILE).is_file() and (path / CODE_DIR).is_dir()))
+
+
+def is_own_name(name: str) -> bool:
+    """A file lmlab puts in a folder before (or while) it becomes a run: the lock, the marker and
+    its temporary copy, a preflight's writability probe. A folder holding only these is empty."""
+    return name == LOCK_FILE or name.lstrip(".").startswith("lmlab-")
 
 
 def read_jsonl(path: str | Path, strict: bool = False) -> list[dict]:

@@ -11,12 +11,22 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from badinput import Case, Ctx, build_base, run_case, snapshot, train_argv
 from lmlab import rundir
 from lmlab.runlock import RunLock
 
 HELD: list[RunLock] = []  # locks a case's setup holds, released after the case
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models train several times faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +124,6 @@ def test_only_run_folders_count_as_ours(tmp_path):
     folder.mkdir()
     (folder / rundir.PROVENANCE_FILE).write_text("{}")
     assert rundir.is_lmlab_dir(folder)
+    # what lmlab itself puts in a folder that is becoming a run: not "other files"
+    assert all(map(rundir.is_own_name, [".lock", ".lmlab-run", "..lmlab-run.tmp-12", ".lmlab-probe-x"]))
+    assert not any(map(rundir.is_own_name, ["config.yaml", "lock", ".locks"]))

@@ -132,15 +132,15 @@ CASES = [
          lambda c: train_argv(c.data, c.tmp / "newrun", "optim.warmup=100"),
          ("lmlab train: warning: optim.warmup: warmup of 100 steps is longer than the run (steps=6): "
           "the learning rate rises the whole run, reaches 6% of its peak",
-          "fix: set optim.warmup to a small part of the run", "step 6/6"), code=0),
+          "fix: set optim.warmup to a small part of the run", "finished after 6 steps"), code=0),
     Case("warmup_longer_than_the_run_in_check",
          lambda c: ["check", *train_argv(c.data, c.tmp / "newrun", "optim.warmup=6")[1:]],
          ("lmlab check: warning: optim.warmup: warmup of 6 steps is as long as the run (steps=6)",
           "reaches its peak only at the last step", "passes preflight", "1 warning above"), code=0),
     # ---- a read-only run directory: refused before the work, with the --out fix ...
     Case("eval_read_only_run_dir", setup_eval_read_only,
-         ("cannot write the evaluation results: {finished}/checkpoints/final is not writable "
-          "(Read-only file system)", "Nothing was evaluated",
+         ("cannot write the evaluation results: {finished} is not writable (Read-only file system); "
+          "{finished}/checkpoints/final is not writable (Read-only file system)", "Nothing was evaluated",
           "Fix: make it writable, or write the results to another folder: lmlab eval {finished} --out DIR")),
     Case("report_read_only_run_dir", setup_report_read_only,
          ("cannot write the report: {finished} is not writable (Read-only file system)",
@@ -215,14 +215,29 @@ def test_a_non_finite_weight_is_the_only_problem_reported(base, tmp_path):
     assert [p.key for p in caught.value.problems] == ["data.sources.alpha", "data.sources.beta"]
 
 
+def sharpen(run: Path) -> None:
+    """After 6 steps the base run's model gives nearly the same logits whatever it reads, so every
+    prompt would continue alike; wider weights (as tests/evaluation's peaked models) make its
+    output depend on the prompt."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for weights in run.glob("checkpoints/*/model.safetensors"):
+        with safe_open(str(weights), "pt") as handle:
+            meta = handle.metadata()
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        save_file({k: v * 15 if v.ndim > 1 else v for k, v in tensors.items()}, str(weights), meta)
+
+
 def test_generate_beyond_the_context_keeps_each_prompt(base, tmp_path, monkeypatch, capsys):
     """Two prompts that end alike but differ in their last 96 tokens: cut to their last token (the
-    old behaviour, BOS dropped) they gave the same output; now each keeps its own end."""
+    old behaviour, BOS dropped) they gave the same output; now each keeps BOS and its own end."""
     ctx = Ctx(base, tmp_path, monkeypatch)
+    sharpen(ctx.finished)
     outputs = []
     for prompt in (PROMPT + "In short, the period was so far like the present.",
                    PROMPT + "We had everything before us, we had nothing before us."):
-        assert main(setup_generate(ctx, prompt, "--temperature", "1", "--seed", "7")) == 0
+        assert main(setup_generate(ctx, prompt)) == 0
         out, err = capsys.readouterr()
         assert err.count("warning") == 1 and "was cut to BOS + its last 96 tokens" in err
         assert out.startswith(prompt)
@@ -271,9 +286,26 @@ def test_a_really_read_only_run_directory(base, tmp_path):
     codes = [line for line in done.stdout.splitlines() if line.startswith("rc=")]
     assert codes == ["rc=2", "rc=0", "rc=2", "rc=0"], done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
-    assert (f"lmlab eval: error: cannot write the evaluation results: {run}/checkpoints/final is not "
-            f"writable (Read-only file system)") in done.stderr
+    assert (f"lmlab eval: error: cannot write the evaluation results: {run} is not writable "
+            "(Read-only file system)") in done.stderr
     assert f"lmlab report: error: cannot write the report: {run} is not writable" in done.stderr
     assert "could not write" not in done.stderr  # with --out, nothing tries the run directory
     assert (out / "eval_results.json").is_file() and (out / "report.md").is_file()
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_epoch_mode_warns_once_the_planned_steps_are_known(tmp_path, capsys):
+    """Epoch mode's step count needs the data read: `lmlab check` cannot say it cheaply (no warning),
+    `lmlab train` says it after its data phase, with the planned steps, and trains."""
+    from helpers import make_wikitext_dir
+
+    args = [str(CONFIGS / "newllm_wikitext2_baseline.yaml"), "model.embed_dim=16", "model.hidden_dim=32",
+            "model.n_layers=2", "model.context_dim=8", "data.tokenizer.vocab_size=60", "data.seq_len=16",
+            "data.batch_size=16", "device=cpu", f"data.path={make_wikitext_dir(tmp_path / 'wt')}",
+            "epochs=1", "optim.warmup=1000", f"dump_dir={tmp_path / 'run'}"]
+    assert main(["check", *args]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["train", *args]) == 0
+    err = capsys.readouterr().err
+    assert err.count("lmlab train: warning: optim.warmup: warmup of 1000 steps is longer than the run (") == 1
+    assert " steps for epochs=1)" in err

@@ -68,6 +68,8 @@ def _write(rows: list[dict], results_dir: Path, metrics_dir: Path, step: int | N
     except OSError as err:
         print(results_json(rows, step), flush=True)
         failed = Path(err.filename) if err.filename else results_dir / EVAL_RESULTS_FILE
+        if failed.name.startswith(f".{EVAL_RESULTS_FILE}.tmp"):  # atomic.write_text's temporary file
+            failed = failed.with_name(EVAL_RESULTS_FILE)
         raise LmlabError(
             f"could not write {failed}: {err.strerror or err}. Nothing computed is lost: the results "
             f"are printed above on stdout (the table, then the JSON that {EVAL_RESULTS_FILE} would "

@@ -3,8 +3,9 @@ run directory holds checkpoints.
 
 Preflight comes first: a config that cannot run leaves no trace (not even a run directory). Then
 the run directory's lock (``runlock``: one training per run directory, held until the process
-ends), taken before anything is written there. After that every phase is recorded in ``<dump_dir>/events.jsonl``; a crash is reported in one line that
-points at the traceback file, and ``lmlab report`` explains it. This module composes the parts; the
+ends), taken before anything is written there. After that every phase is recorded in
+``<dump_dir>/events.jsonl``; a crash is reported in one line that points at the traceback file,
+and ``lmlab report`` explains it. This module composes the parts; the
 loop itself is ``training.loop.Trainer``, and what runs at a checkpoint besides saving it (the
 harness tasks of ``eval.every``) is handed to the loop as ``HarnessAtCheckpoints``.
 """
@@ -131,7 +132,8 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
     console = Console(cfg.logging.progress_bar, enabled=d.is_main)
     resume = _main_first(d, lambda: _prepare_run_dir(run_dir, console, d))
     with events.phase("data"):
-        data = _main_first(d, lambda: build_data(cfg, run_dir, _bad_record_reporter(events, console)))
+        data = _main_first(d, lambda: build_data(cfg, run_dir))
+        data.bad_records.attach(_bad_record_reporter(events, console))  # also those met so far
         for found in data.yields:  # tokens / windows per source (none is zero: refused above)
             console.line(found.line())
             events.emit("data_yield", **found.record())

@@ -4,9 +4,10 @@ reported, up to a budget (``data.max_bad_records``); past the budget the run sto
 lines and how to fix them.
 
 One ``BadRecords`` is shared by every file a run reads. It knows nothing about where records are
-reported: the application hands it ``on_record`` (``lmlab train`` writes a ``bad_record`` event to
-``events.jsonl`` and a console line for the first record of each file); without one, the first
-record of each file is a Python warning. A record is counted once however often it is read (the
+reported: the application hands it ``on_record``, at creation or later with ``attach`` (``lmlab
+train`` writes a ``bad_record`` event to ``events.jsonl`` and a console line for the first record of
+each file, for those met while the data was prepared as well); ``warn`` makes the first record of
+each file a Python warning. A record is counted once however often it is read (the
 loader reads every file again each data epoch), and the records seen so far are part of the
 loader's checkpointed state, so the budget is the run's, not one invocation's.
 
@@ -42,17 +43,20 @@ class BadRecord:
 OnRecord = Callable[[BadRecord, "str | None"], None]
 
 
-def _warn(record: BadRecord, message: str | None) -> None:
+def warn(record: BadRecord, message: str | None) -> None:
+    """``on_record`` for commands without an event log: the first record of each file is a warning."""
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=4)
 
 
 class BadRecords:
-    """The bad records skipped so far, against ``budget`` (None: no limit)."""
+    """The bad records skipped so far, against ``budget`` (None: no limit). Without ``on_record``
+    the reports wait for ``attach``."""
 
     def __init__(self, budget: int | None, on_record: OnRecord | None = None,
                  setting: str = "data.max_bad_records"):
-        self.budget, self.on_record, self.setting = budget, on_record or _warn, setting
+        self.budget, self.on_record, self.setting = budget, on_record, setting
+        self.pending: list[tuple[BadRecord, str | None]] = []
         self.count = 0
         self.records: list[BadRecord] = []  # the first SAVED ones, in the order met
         self.per_file: dict[str, int] = {}
@@ -78,7 +82,17 @@ class BadRecords:
         self._told.add(file)
         if self._reported < REPORTED:
             self._reported += 1
-            self.on_record(record, self.describe(record) if first else None)
+            report = (record, self.describe(record) if first else None)
+            if self.on_record is None:
+                self.pending.append(report)
+            else:
+                self.on_record(*report)
+
+    def attach(self, on_record: OnRecord) -> None:
+        """Report from now on with ``on_record``, starting with the records that waited for it."""
+        self.on_record, pending, self.pending = on_record, self.pending, []
+        for report in pending:
+            on_record(*report)
 
     def describe(self, record: BadRecord) -> str:
         """The one line shown for the first bad record of a file."""

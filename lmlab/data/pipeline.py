@@ -3,10 +3,10 @@
 ``build_data`` is what training needs; ``build_validation`` is its validation part alone, for
 evaluating a saved run with its saved tokenizer without reading (or tokenizing) any training text.
 
-Both say what the data yields (``yields``: tokens and windows per source) and refuse nothing:
-a training source without a single token, a validation set without a single window. Bad records
-are skipped and counted in one ``BadRecords`` per run (``data.max_bad_records``); going over the
-budget while the data is prepared stops the data phase, while training it stops the loop.
+Both say what the data yields (``yields``: tokens and windows per source) and refuse what yields
+nothing: a training source without a single token, a validation set without a single window. Bad
+records are skipped and counted in one ``BadRecords`` per run (``data.max_bad_records``); going
+over the budget while the data is prepared stops the data phase, while training it stops the loop.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import torch
 
 from lmlab.data import loader, sources, wikitext, yields
-from lmlab.data.badrecords import BadRecords, OnRecord
+from lmlab.data.badrecords import BadRecords, warn
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.rundir import TOKENIZER_FILE
@@ -75,11 +75,11 @@ def _check_same_tokenizer(cfg, tokenizer: Tokenizer, saved: Path) -> None:
             f"trained with). Fix: set data.tokenizer.name={tokenizer.name} to resume, {new_run}.")
 
 
-def build_data(cfg, run_dir: Path, on_bad_record: OnRecord | None = None) -> RunData:
-    """Tokenizer, training loader and validation batches of run config ``cfg``; ``on_bad_record``
-    reports each skipped bad record (default: a warning at the first of each file)."""
+def build_data(cfg, run_dir: Path) -> RunData:
+    """Tokenizer, training loader and validation batches of run config ``cfg``. The bad records
+    skipped meanwhile wait in ``bad_records`` for the application to ``attach`` its reporting."""
     data = cfg.data
-    bad = BadRecords(sources.bad_record_budget(data), on_bad_record)
+    bad = BadRecords(sources.bad_record_budget(data))
     steps_per_epoch = 0
     if data.source == "wikitext2":
         # epoch mode (or step mode over epochs) on fixed (N, seq_len) word sequences
@@ -131,7 +131,7 @@ def build_validation(cfg, tokenizer: Tokenizer, bad: BadRecords | None = None) -
     limit = budget * data.batch_size if budget else None
     cache: list[torch.Tensor] = []
     found: list[yields.Yield] = []
-    bad = bad if bad is not None else BadRecords(sources.bad_record_budget(data))
+    bad = bad if bad is not None else BadRecords(sources.bad_record_budget(data), warn)
 
     def windows() -> torch.Tensor:
         if data.source == "wikitext2":

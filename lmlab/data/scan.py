@@ -9,7 +9,10 @@ whose every document has empty text is reported too: it would train on BOS/EOS a
 """
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +24,9 @@ from lmlab.errors import LmlabError
 from lmlab.humanize import si
 
 BLOCK = 16 << 20  # bytes read at a time
+PARALLEL_BYTES = 64 << 20  # less data than this is parsed in this process
+MAX_WORKERS = 16
+ASCII_SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips: blank lines as the loader finds them
 SHOWN_PER_FILE = 200  # bad lines listed per file (all are counted)
 
 
@@ -54,9 +60,12 @@ class Scan:
         lines = [f"data: scanned {len(self.files)} files ({roles['training']} training, "
                  f"{roles['validation']} validation): {self.lines:,} lines, {si(self.bytes, 'B')} in "
                  f"{self.seconds:.2f} s ({speed})"]
+        jsonl = {(f.role, f.source) for f in self.files if f.kind == "jsonl"}
         for (role, source), n in self.documents.items():
             empty = self.empty.get((role, source), 0)
-            lines.append(f"  {role} {source}: {n:,} documents" + (f", {empty:,} with empty text" if empty else ""))
+            unit = (("document", "documents") if (role, source) in jsonl else
+                    ("line with text", "lines with text"))[n != 1]
+            lines.append(f"  {role} {source}: {n:,} {unit}" + (f", {empty:,} with empty text" if empty else ""))
         lines += [f"  not scanned: {why}" for why in self.skipped]
         return "\n".join(lines)
 
@@ -110,62 +119,104 @@ def data_files(cfg: sources.DataConfig) -> tuple[list[DataFile], list[str]]:
     return found, skipped
 
 
-def scan_data(cfg: sources.DataConfig, progress: bool | None = None) -> Scan:
-    """Read every data file of ``cfg`` (a tqdm bar in bytes on stderr; ``progress=None``: only on
-    a terminal)."""
+def scan_data(cfg: sources.DataConfig, progress: bool | None = None, workers: int | None = None) -> Scan:
+    """Read every data file of ``cfg``, with a tqdm bar in bytes on stderr (``progress=None``: only
+    on a terminal). Large data is parsed by ``workers`` processes (default: one per CPU) while this
+    one reads, so the scan goes at the speed of the disk rather than of one JSON parser."""
     files, skipped = data_files(cfg)
     scan = Scan(files, skipped=skipped)
     started = time.perf_counter()
     total = sum(f.path.stat().st_size for f in files)
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="scanning data",
-              disable=None if progress is None else not progress, leave=False) as bar:
-        for data_file in files:
-            _scan_file(data_file, scan, bar.update)
+    if workers is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = min(cpus, MAX_WORKERS)
+    parallel = workers > 1 and total >= PARALLEL_BYTES and "fork" in mp.get_all_start_methods()
+    # the pool forks before the progress bar starts its monitor thread
+    pool = mp.get_context("fork").Pool(workers) if parallel else None
+    try:
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="scanning data",
+                  disable=None if progress is None else not progress, leave=False) as bar:
+            for data_file in files:
+                _scan_file(data_file, scan, bar.update, pool, 2 * workers)
+    finally:
+        if pool is not None:
+            pool.terminate()
     scan.seconds = time.perf_counter() - started
     return scan
 
 
-def _scan_file(data_file: DataFile, scan: Scan, advance) -> None:
-    key = (data_file.role, data_file.source)
-    scan.documents.setdefault(key, 0)
-    jsonl, name = data_file.kind == "jsonl", str(data_file.path)
-    line_no, rest = 0, b""
-    with open(data_file.path, "rb") as handle:
+def _blocks(path: Path):
+    """The file in blocks of about BLOCK bytes, each cut after a newline (the last one: its rest)."""
+    rest = b""
+    with open(path, "rb") as handle:
         while True:
             block = handle.read(BLOCK)
             if not block:
-                lines, rest = ([rest] if rest else []), b""
-            else:
-                advance(len(block))
-                scan.bytes += len(block)
-                data = rest + block
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    rest = data
-                    continue
-                lines, rest = data[:cut].split(b"\n"), data[cut + 1:]
-            for raw in lines:
-                line_no += 1
-                problem = _line_problem(raw, jsonl, key, scan)
-                if problem:
-                    _add_bad(scan, name, line_no, problem)
-            if not block:
-                break
-    scan.lines += line_no
+                if rest:
+                    yield rest, 0
+                return
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                rest = data
+                continue
+            yield data[:cut], len(block)
+            rest = data[cut:]
 
 
-def _line_problem(raw: bytes, jsonl: bool, key: tuple[str, str], scan: Scan) -> str | None:
-    """Why one line is bad (None: good); counts documents (text files: non-blank lines) and empty texts."""
-    if not raw.strip():
-        return None  # a blank line: no document (as the loader sees it)
-    try:
-        text = sources.parse_record(raw) if jsonl else raw.decode("utf-8")
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        return sources.bad_line_what(err)
-    scan.documents[key] += 1
-    if not text.strip():
-        scan.empty[key] = scan.empty.get(key, 0) + 1
-    return None
+def _scan_file(data_file: DataFile, scan: Scan, advance, pool, in_flight: int) -> None:
+    key = (data_file.role, data_file.source)
+    scan.documents.setdefault(key, 0)
+    jsonl, name = data_file.kind == "jsonl", str(data_file.path)
+    pending: deque = deque()
+    line_base = 0
+
+    def collect(result) -> None:
+        nonlocal line_base
+        lines, documents, empty, bad, size = result
+        for line, reason in bad:
+            _add_bad(scan, name, line_base + line, reason)
+        scan.documents[key] += documents
+        scan.empty[key] = scan.empty.get(key, 0) + empty
+        line_base += lines
+        scan.lines += lines
+        scan.bytes += size
+        advance(size)
+
+    for block, size in _blocks(data_file.path):
+        if pool is None:
+            collect(scan_block(block, jsonl, size))
+            continue
+        pending.append(pool.apply_async(scan_block, (block, jsonl, size)))
+        while len(pending) >= in_flight:  # bounded read-ahead: memory stays ~ in_flight blocks
+            collect(pending.popleft().get())
+    while pending:
+        collect(pending.popleft().get())
+
+
+def scan_block(block: bytes, jsonl: bool, size: int) -> tuple[int, int, int, list, int]:
+    """(lines, documents, documents with empty text, [(line in block, reason)], size) of whole
+    lines; documents: jsonl records, or a text file's non-blank lines."""
+    try:  # one decode for the block (fast); line by line only when it holds bytes that are not UTF-8
+        lines: list = block.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = block.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # after the final newline
+    documents = empty = 0
+    bad = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip(ASCII_SPACE if isinstance(raw, str) else None):
+            continue  # a blank line: no document (as the loader sees it)
+        try:
+            text = sources.parse_record(raw) if jsonl else \
+                (raw if isinstance(raw, str) else raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+            bad.append((number, sources.bad_line_what(err)))
+            continue
+        documents += 1
+        empty += not text.strip()
+    return len(lines), documents, empty, bad, size
 
 
 def _add_bad(scan: Scan, name: str, line: int, reason: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lmlab.data import wikitext
-from lmlab.data.badrecords import CHECK_HINT, BadRecords
+from lmlab.data.badrecords import CHECK_HINT, BadRecords, warn
 from lmlab.data.tokenizers import TokenizerConfig
 from lmlab.errors import LmlabError, Problem
 
@@ -83,7 +83,7 @@ class DocumentFile:
     def open(cls, path: Path, skip_bad_lines: bool = False, bad: BadRecords | None = None) -> "DocumentFile":
         """``skip_bad_lines`` without ``bad``: skip every bad record, warning at the first."""
         kind = "jsonl" if path.name.endswith(".jsonl") else "text"
-        bad = bad if bad is not None or not skip_bad_lines else BadRecords(None)
+        bad = bad if bad is not None or not skip_bad_lines else BadRecords(None, warn)
         with open(path, "rb") as handle:
             if path.stat().st_size == 0:
                 return cls(str(path), b"", kind, bad)

@@ -75,12 +75,15 @@ def training_yield(source: Source, tokenizer: Tokenizer, seq_len: int, key: str,
                    sample_bytes: int = SAMPLE_BYTES) -> Yield:
     """Text tokens and windows per pass of one training source; raises when it has no token at all
     (``key``: the config key that names the source, for the message)."""
-    total, read, docs, tokens, empty, bad = _file_bytes(source), 0, 0, 0, 0, 0
+    total, read, docs, tokens, bad = _file_bytes(source), 0, 0, 0, 0
     complete = True
     batch: list[str] = []
     for doc_file in source.files:
         for i in range(len(doc_file)):
-            if read >= sample_bytes and (tokens or batch):
+            if len(batch) >= 256 or read >= sample_bytes:
+                tokens += sum(len(ids) for ids in encode_batch(tokenizer, batch))
+                batch = []
+            if read >= sample_bytes and tokens:  # enough for an estimate (and not zero)
                 complete = False
                 break
             text = doc_file.peek(i)
@@ -89,18 +92,14 @@ def training_yield(source: Source, tokenizer: Tokenizer, seq_len: int, key: str,
                 bad += 1
                 continue
             docs += 1
-            empty += not text.strip()
             batch.append(text)
-            if len(batch) >= 256 or read >= sample_bytes:
-                tokens += sum(len(ids) for ids in encode_batch(tokenizer, batch))
-                batch = []
         if not complete:
             break
     tokens += sum(len(ids) for ids in encode_batch(tokenizer, batch))
     files = [f.name for f in source.files]
     if tokens == 0:
-        why = (f"its {docs:,} document{'s' if docs != 1 else ''} have empty text" if docs else
-               "it holds no document that can be read")
+        why = ("it holds no document that can be read" if not docs else
+               "its one document has empty text" if docs == 1 else f"its {docs:,} documents have empty text")
         if bad:
             why += f" ({bad:,} bad record{'s' if bad != 1 else ''})"
         raise LmlabError(

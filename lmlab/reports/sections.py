@@ -94,7 +94,7 @@ def status_section(run: Run, t: Text) -> list[Block]:
         items.append(t("resume", ckpt=_ckpt(steps[-1])))
     blocks = [("h", 2, t("h_status")), ("p", t("status_line", status=t.status(st.get("status")), rule=rule)),
               ("ul", items)]
-    return blocks + _phases_table(run, t) + _warnings_list(run, t)
+    return blocks + _phases_table(run, t) + _warnings_list(run, t) + _bad_records_list(run, t)
 
 
 def _phases_table(run: Run, t: Text) -> list[Block]:
@@ -125,6 +125,20 @@ def _warnings_list(run: Run, t: Text) -> list[Block]:
     distinct = list(dict.fromkeys(f"{e.get('category')}: {e.get('message')} (`{e.get('where')}`)"
                                   for e in found))
     return [("h", 3, t("h_warnings")), ("p", t("warnings_n", n=len(found))), ("ul", distinct[:5])]
+
+
+def _bad_records_list(run: Run, t: Text, shown: int = 10) -> list[Block]:
+    """Data lines training skipped (``bad_record`` events, one per file:line however often read)."""
+    found = {(e.get("file"), e.get("line")): e.get("reason") for e in run.events
+             if e.get("event") == "bad_record"}
+    if not found:
+        return []
+    counted = max([len(found)] + [e.get("count") or 0 for e in run.events if e.get("event") == "bad_records"])
+    budget = run.get("data.max_bad_records")
+    limit = t("no_limit") if run.get("data.skip_bad_lines") or budget is None else budget
+    items = [f"`{file}:{line}`: {reason}" for (file, line), reason in list(found.items())[:shown]]
+    return [("h", 3, t("h_bad_records")),
+            ("p", t("bad_records_n", n=counted, budget=limit, events_file=rundir.EVENTS_FILE)), ("ul", items)]
 
 
 def failure_section(run: Run, t: Text) -> list[Block]:

@@ -25,6 +25,6 @@ def fetch_batch(trainer, step: int) -> torch.Tensor:
         trainer.console.close()
         saved = (f"Stopped after step {done}, checkpointed in {trainer.run_dir}: once the lines are "
                  f"fixed (or the budget raised) the command resumes from there: "
-                 f"{trainer.resume_command}") if done > 0 else ""
+                 f"{trainer.resume_command}.") if done > 0 else ""
         raise bad.error(saved)
     return trainer.data.train.next_batch()

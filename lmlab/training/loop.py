@@ -170,8 +170,7 @@ class Trainer:
         return path
 
     def _preempt(self, step: int) -> dict:
-        """Checkpoint at this step boundary (unless just saved) and exit cleanly for the scheduler;
-        after Ctrl-C (``reason`` SIGINT) the run is ``stopped`` rather than ``preempted``."""
+        """Checkpoint at this step boundary (unless just saved) and exit cleanly (Ctrl-C: stopped)."""
         latest = rundir.latest_checkpoint(self.run_dir)
         if latest is None or latest.name != rundir.step_name(step):
             self._save(step)
@@ -180,8 +179,8 @@ class Trainer:
         self.console.line(f"received {reason or 'a request on another rank'}: saved a checkpoint at "
                           f"step {step} in {self.run_dir}; resume with the same command (it continues "
                           f"at step {step + 1}): {self.resume_command}")
-        status = "stopped" if reason == PreemptionSignals.INTERRUPT else "preempted"
-        return {"status": status, "step": step, "reason": reason, **self.last_val}
+        return {"status": "stopped" if reason == PreemptionSignals.INTERRUPT else "preempted",
+                "step": step, "reason": reason, **self.last_val}
 
     def _stop_early(self, step: int, total: int) -> dict:
         self.console.close()
