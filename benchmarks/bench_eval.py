@@ -1,29 +1,33 @@
-"""Evaluation throughput: loglikelihood requests/s (lm-eval adapter) and generated tokens/s.
+"""Evaluation throughput of one trained run, new paths against the ones they replaced, in one process:
 
-Model: the quickstart model (configs/quickstart.yaml, bytes tokenizer) with random weights, or a
-trained run with ``--checkpoint``. Measured in one run:
+1. **nq_open 5-shot generation** (lm-eval ``generate_until`` requests from lmlab's offline nq_open,
+   few-shot seed 1234): items/s of ``LmlabLM.generate_until`` at ``--gen-batch`` (prompts of any
+   length in one left-padded batch) against batch 1 (one prompt at a time, what the old
+   equal-length grouping amounted to on few-shot prompts); the texts must be identical.
+2. **hellaswag scoring** (``loglikelihood`` requests of the offline hellaswag): requests/s of
+   ``scoring.SequenceScorer`` (token budget, shared contexts, vectorised) against
+   ``scoring.score_reference`` (the old fixed-count batching), and the largest difference.
+3. **piqa against lm-eval's HFLM**: requests/s of ``LmlabLM.loglikelihood`` on the checkpoint and of
+   lm-eval's own ``HFLM`` on its Hugging Face export (``lmlab export RUN --format hf``), fp32, the
+   same Instances; accuracy (lm-eval's acc: the argmax choice) of each.
 
-* loglikelihood: PIQA-style requests -- context "Question: {goal}\\nAnswer:", continuation
-  " {sol1}" / " {sol2}" from ../shared/data/piqa/valid.jsonl (synthetic text if it is missing) --
-  scored by ``lmlab.evaluation.harness.LmlabLM.loglikelihood``, lm-eval ``Instance`` objects in;
-* generation: greedy ``lmlab.evaluation.generation.generate`` on equal-length prompts, batched;
-  then the same decoding one prompt at a time, cached (``generate``) against uncached
-  (this script's ``greedy_reference``: a full forward over the growing sequence per token), and their
-  ratio.
+Each timing is the best of ``--repeats`` rounds, the variants alternating within a round (a shared,
+busy machine slows rounds, not variants); every ratio comes from this one run.
 
-    python benchmarks/bench_eval.py [--device cpu --threads 2 --checkpoint runs/quickstart --json]
+    python benchmarks/bench_eval.py --checkpoint /tmp/qa14 --threads 2 [--append benchmarks/RESULTS.md]
 
-Random weights make the scores meaningless but not the speed. Generated tokens are the positions
-actually decoded (one per row per ``model.step`` call), so rows that all stop early at EOS count less
-than ``--prompts`` x ``--max-tokens``.
+The run comes from ``lmlab train configs/quickstart.yaml dump_dir=/tmp/qa14 steps=100``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
+import logging
 import json
 import os
-import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,199 +36,193 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from lm_eval.api.instance import Instance  # noqa: E402
-
+from lmlab.cli import main as lmlab_main  # noqa: E402
 from lmlab.config import load_config  # noqa: E402
-from lmlab.data.tokenizers import train_tokenizer  # noqa: E402
-from lmlab.evaluation.generation import encode_prompt, generate, greedy_reference  # noqa: E402
 from lmlab.evaluation.harness import LmlabLM  # noqa: E402
 from lmlab.evaluation.loading import load_for_eval, saved_config_file  # noqa: E402
-from lmlab.models.registry import build_model, resolve_model_config  # noqa: E402
+from lmlab.evaluation.scoring import SequenceScorer, score_reference  # noqa: E402
+from lmlab.evaluation.tasks import build_tasks  # noqa: E402
+from lmlab.models.registry import build_model  # noqa: E402
 from lmlab.rundir import resolve_checkpoint  # noqa: E402
 
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-PIQA = ROOT.parent / "shared" / "data" / "piqa" / "valid.jsonl"
+DATA = ROOT.parent / "shared" / "data"
 
 
-def load_model(checkpoint: str | None, device: torch.device):
-    """(model in eval mode, tokenizer, description): a trained run, or the quickstart model at random init."""
-    if checkpoint:
-        checkpoint_dir, run_dir = resolve_checkpoint(checkpoint)
-        run = load_for_eval(checkpoint_dir, run_dir, load_config(saved_config_file(checkpoint_dir, run_dir)),
-                            device)
-        return run.model, run.tokenizer, f"checkpoint {run.checkpoint_dir} (step {run.step})"
-    cfg = load_config(QUICKSTART)
-    torch.manual_seed(cfg.seed)
-    tokenizer = train_tokenizer(cfg.data.tokenizer, [])  # bytes: needs no training text
-    model_cfg = resolve_model_config(cfg.model, tokenizer.vocab_size, cfg.data.seq_len)
-    model = build_model(model_cfg).to(device).eval()
-    return model, tokenizer, f"{QUICKSTART.name} model, random init"
+def requests(name: str, limit: int, shots: int = 0) -> list:
+    """lm-eval Instances of lmlab's offline task ``name`` (first ``limit`` items, ``shots``-shot)."""
+    task, = build_tasks([name], DATA)
+    task.set_config("num_fewshot", shots)
+    task.set_fewshot_seed(1234)
+    task.build_all_requests(limit=limit)
+    return task.instances
 
 
-def piqa_pairs(n_items: int) -> tuple[list[tuple[str, str]], str]:
-    """2 (context, continuation) pairs per PIQA item, the first ``n_items`` items; synthetic if no file."""
-    if PIQA.is_file():
-        with PIQA.open(encoding="utf-8") as f:
-            items = [json.loads(line) for line, _ in zip(f, range(n_items))]
-        source = str(PIQA)
-    else:
-        rng = random.Random(0)
-        words = "the a cup of water pour into bowl heat stir until soft then cut with knife".split()
-        items = [{k: " ".join(rng.choices(words, k=rng.randint(4, 25))) for k in ("goal", "sol1", "sol2")}
-                 for _ in range(n_items)]
-        source = "synthetic text (PIQA file not found)"
-    pairs = [(f"Question: {it['goal']}\nAnswer:", f" {it[sol]}") for it in items for sol in ("sol1", "sol2")]
-    return pairs, source
+def best_of(variants: dict, repeats: int) -> tuple[dict, dict]:
+    """(best seconds, last result) per variant; the variants alternate within each round."""
+    best, out = {k: float("inf") for k in variants}, {}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            out[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, out
 
 
-def time_loglikelihood(lm: LmlabLM, pairs: list[tuple[str, str]]) -> float:
-    """Seconds for ``lm.loglikelihood`` on ``pairs`` as lm-eval Instances (after one small warm-up call)."""
-    requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i)
-                for i, pair in enumerate(pairs)]
-    lm.loglikelihood(requests[: lm.batch_size])  # warm-up: allocator, thread pool, first kernels
-    start = time.perf_counter()
-    results = lm.loglikelihood(requests)
-    elapsed = time.perf_counter() - start
-    assert len(results) == len(requests) and all(lp <= 0 for lp, _ in results)
-    return elapsed
+def generation_row(model, tok, args) -> dict:
+    reqs = requests("nq_open", args.nq_items, shots=5)
+    batched = LmlabLM(model, tok, batch_size=args.gen_batch, progress=False)
+    single = LmlabLM(model, tok, batch_size=1, progress=False)
+    quiet = {"disable_tqdm": True}
+    batched.generate_until(reqs[:4], **quiet)  # warm-up
+    secs, out = best_of({"batched": lambda: batched.generate_until(reqs, **quiet),
+                         "one_at_a_time": lambda: single.generate_until(reqs, **quiet)}, args.repeats)
+    return {"nq_items": len(reqs), "gen_batch": args.gen_batch,
+            "nq_batched_items_per_s": len(reqs) / secs["batched"],
+            "nq_one_at_a_time_items_per_s": len(reqs) / secs["one_at_a_time"],
+            "nq_speedup": secs["one_at_a_time"] / secs["batched"],
+            "nq_same_text": out["batched"] == out["one_at_a_time"]}
 
 
-def equal_length_prompts(tokenizer, texts: list[str], n: int, length: int) -> list[str]:
-    """``n`` prompts that encode to exactly ``length`` tokens with BOS, so ``generate`` batches them all
-    together (it groups prompts by token length)."""
-    prompts = []
-    for text in texts:
-        ids = tokenizer.encode(text)[: length - 1]
-        prompt = tokenizer.decode(ids)
-        if len(ids) == length - 1 and tokenizer.encode(prompt) == ids:  # round-trips exactly
-            prompts.append(prompt)
-        if len(prompts) == n:
-            return prompts
-    raise SystemExit(f"only {len(prompts)} texts give {length}-token prompts; lower --prompt-len")
+def scoring_row(model, tok, args, key: str = "hs") -> dict:
+    reqs = requests("hellaswag", args.hellaswag_items)
+    seqs = LmlabLM(model, tok, progress=False).encode_pairs(reqs)
+    scorer = SequenceScorer(model, args.batch_size, args.max_batch_tokens, progress=False)
+    secs, out = best_of({"new": lambda: scorer.score(seqs),
+                         "old": lambda: score_reference(model, seqs, args.batch_size)}, args.repeats)
+    diff = max(abs(a[0] - b[0]) for a, b in zip(out["new"], out["old"]))
+    fit = sum(model.max_seq_len is None or len(seq) - 1 <= model.max_seq_len for seq, _ in seqs)
+    return {f"{key}_requests": len(seqs), f"{key}_fit": fit, f"{key}_context": model.max_seq_len,
+            f"{key}_new_requests_per_s": len(seqs) / secs["new"],
+            f"{key}_old_requests_per_s": len(seqs) / secs["old"], f"{key}_speedup": secs["old"] / secs["new"],
+            f"{key}_max_abs_diff": diff}
 
 
-class StepCounter:
-    """Counts the tokens ``generate`` decodes: every ``model.step`` call (prefill or one more token)
-    yields the logits of exactly one sampled token per row. ``generate`` returns text, and re-encoding
-    it does not count tokens (a random byte model emits invalid UTF-8, decoded as U+FFFD)."""
-
-    def __init__(self, model):
-        self.model, self.tokens = model, 0
-
-    def __enter__(self) -> "StepCounter":
-        inner = self.model.step
-
-        def counting_step(tokens, state):
-            self.tokens += tokens.shape[0]
-            return inner(tokens, state)
-
-        self.model.step = counting_step  # instance attribute shadows the method
-        return self
-
-    def __exit__(self, *exc) -> None:
-        del self.model.step
+def with_context(model, length: int):
+    """The same weights with a longer context (RoPE tables and KV cache are sized from it, the
+    weights are not): the requests the trained context truncates then fit whole."""
+    longer = build_model(dataclasses.replace(model.config, max_seq_len=length))
+    longer.load_state_dict(model.state_dict())
+    return longer.to(next(model.parameters()).device).eval()
 
 
-def time_generate(model, tokenizer, prompts: list[str], max_tokens: int,
-                  batch_size: int) -> tuple[float, int, list[str]]:
-    """(seconds, decoded tokens, texts) for greedy ``generate`` over ``prompts`` in batches of ``batch_size``."""
-    with StepCounter(model) as counter:
-        start = time.perf_counter()
-        texts = generate(model, tokenizer, prompts, max_tokens=max_tokens, seed=0, batch_size=batch_size)
-        elapsed = time.perf_counter() - start
-    return elapsed, counter.tokens, texts
+def accuracy(reqs: list, lls: list) -> float:
+    """lm-eval's acc: the share of documents whose highest-loglikelihood choice is the gold one."""
+    docs: dict[int, tuple[int, list]] = {}
+    for req, (ll, _) in zip(reqs, lls):
+        docs.setdefault(req.doc_id, (int(req.doc["label"]), []))[1].append((req.idx, ll))
+    hits = [max(sorted(choices), key=lambda c: c[1])[0] == label for label, choices in docs.values()]
+    return sum(hits) / len(hits)
 
 
-def time_uncached(model, tokenizer, prompts: list[str], max_tokens: int) -> tuple[float, int, list[str]]:
-    """(seconds, decoded tokens, texts) for ``greedy_reference`` on each prompt (batch 1); the texts
-    are cut at EOS like ``generate``'s, the count is not (greedy_reference never stops early)."""
-    start = time.perf_counter()
-    outs = [greedy_reference(model, encode_prompt(tokenizer, p), max_tokens) for p in prompts]
-    elapsed = time.perf_counter() - start
-    eos = tokenizer.eos_id
-    texts = [tokenizer.decode(ids[: ids.index(eos)] if eos in ids else ids) for ids in outs]
-    return elapsed, sum(len(ids) for ids in outs), texts
+def hflm_row(model, tok, run: str, args) -> dict:
+    from lm_eval.models.huggingface import HFLM  # lazy: transformers takes seconds to import
+
+    export = args.hf_export or tempfile.mkdtemp(prefix="lmlab-hf-")
+    if not (Path(export) / "config.json").is_file():
+        assert lmlab_main(["export", run, "--format", "hf", "--out", export]) == 0
+    reqs = requests("piqa", args.piqa_items)
+    ours = LmlabLM(model, tok, batch_size=args.batch_size, progress=False)
+    # HFLM refuses a continuation longer than the context (lmlab scores it in windows): such items
+    # are left out of this comparison, for both
+    too_long = {r.doc_id for r, (seq, start) in zip(reqs, ours.encode_pairs(reqs))
+                if model.max_seq_len is not None and len(seq) - start > model.max_seq_len}
+    reqs = [r for r in reqs if r.doc_id not in too_long]
+    theirs = HFLM(pretrained=export, add_bos_token=True, batch_size=args.batch_size, device=args.device,
+                  dtype="float32")
+    theirs.loglikelihood(reqs[:8], disable_tqdm=True)  # warm-up
+    secs, out = best_of({"lmlab": lambda: ours.loglikelihood(reqs, disable_tqdm=True),
+                         "hflm": lambda: theirs.loglikelihood(reqs, disable_tqdm=True)}, args.repeats)
+    return {"piqa_items": args.piqa_items, "piqa_left_out": len(too_long), "piqa_requests": len(reqs),
+            "piqa_lmlab_requests_per_s": len(reqs) / secs["lmlab"],
+            "piqa_hflm_requests_per_s": len(reqs) / secs["hflm"], "piqa_vs_hflm": secs["hflm"] / secs["lmlab"],
+            "piqa_lmlab_acc": accuracy(reqs, out["lmlab"]), "piqa_hflm_acc": accuracy(reqs, out["hflm"]),
+            "piqa_max_abs_diff": max(abs(a[0] - b[0]) for a, b in zip(out["lmlab"], out["hflm"]))}
 
 
-def measure_generation(model, tokenizer, prompts: list[str], args) -> dict:
-    """Batched cached tokens/s, then cached vs uncached at batch 1 on the first ``--uncached-prompts``."""
-    generate(model, tokenizer, prompts[:2], max_tokens=4, seed=0, batch_size=2)  # warm-up
-    secs, n, _ = time_generate(model, tokenizer, prompts, args.max_tokens, args.gen_batch)
-    few = prompts[: args.uncached_prompts]
-    secs_1, n_1, texts_1 = time_generate(model, tokenizer, few, args.max_tokens, 1)
-    secs_u, n_u, texts_u = time_uncached(model, tokenizer, few, args.max_tokens)
-    return {
-        "gen_prompts": len(prompts), "gen_batch": args.gen_batch, "gen_tokens": n,
-        "gen_tokens_per_s": n / secs,
-        "cached_b1_tokens_per_s": n_1 / secs_1,
-        "uncached_b1_tokens_per_s": n_u / secs_u,
-        "cache_speedup": (n_1 / secs_1) / (n_u / secs_u) if n_1 and n_u else float("nan"),
-        "cached_equals_uncached": texts_1 == texts_u,
-    }
+def table(res: dict) -> list[tuple[str, str, str, str]]:
+    """(measurement, new, baseline, ratio) rows of whatever was measured."""
+    rows = [(f"nq_open 5-shot generate_until ({res['nq_items']} items, greedy)",
+             f"{res['nq_batched_items_per_s']:.2f} items/s (batch {res['gen_batch']})",
+             f"{res['nq_one_at_a_time_items_per_s']:.2f} items/s (one at a time)",
+             f"{res['nq_speedup']:.2f}x; same text: {res['nq_same_text']}")]
+    for k in ("hs", "hs_long"):
+        if f"{k}_requests" in res:
+            same = ", same weights" if k == "hs_long" else ""
+            rows.append((f"hellaswag loglikelihood ({res[k + '_requests']} requests, context "
+                         f"{res[k + '_context']}{same}: {res[k + '_fit']} fit whole)",
+                         f"{res[k + '_new_requests_per_s']:.1f} requests/s (SequenceScorer)",
+                         f"{res[k + '_old_requests_per_s']:.1f} requests/s (old fixed batching)",
+                         f"{res[k + '_speedup']:.2f}x; max abs diff {res[k + '_max_abs_diff']:.1e}"))
+    if "piqa_requests" in res:
+        rows.append((f"piqa loglikelihood, limit {res['piqa_items']} ({res['piqa_requests']} requests; "
+                     f"{res['piqa_left_out']} items with a continuation longer than the context left out)",
+                     f"{res['piqa_lmlab_requests_per_s']:.1f} requests/s, acc {res['piqa_lmlab_acc']:.4f} (lmlab)",
+                     f"{res['piqa_hflm_requests_per_s']:.1f} requests/s, acc {res['piqa_hflm_acc']:.4f} "
+                     "(lm-eval HFLM on the HF export)",
+                     f"{res['piqa_vs_hflm']:.2f}x; max abs diff {res['piqa_max_abs_diff']:.1e}"))
+    return rows
+
+
+def markdown(res: dict, command: str) -> str:
+    head = (f"\n## bench_eval.py, {res['date']}\n\n{res['model']}; device {res['device']}, {res['threads']} "
+            f"threads, best of {res['repeats']} alternating rounds; 1-min load average "
+            f"{res['load_avg_1min'][0]} before, {res['load_avg_1min'][1]} after ({os.cpu_count()} CPUs).\n"
+            f"`{command}`\n\n| measurement | new | baseline | ratio |\n|---|---|---|---|\n")
+    return head + "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in table(res))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="run dir or checkpoint dir (e.g. /tmp/qa14)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--checkpoint", default=None,
-                    help="run dir or checkpoint dir (default: the quickstart model, random init)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    ap.add_argument("--items", type=int, default=500, help="PIQA items scored (2 requests each)")
-    ap.add_argument("--ll-batch", type=int, default=32, help="requests per model call (the adapter's batch_size)")
-    ap.add_argument("--prompts", type=int, default=64, help="prompts for batched generation")
-    ap.add_argument("--gen-batch", type=int, default=32, help="prompts decoded together")
-    ap.add_argument("--prompt-len", type=int, default=32, help="prompt tokens, BOS included")
-    ap.add_argument("--max-tokens", type=int, default=64, help="tokens generated per prompt")
-    ap.add_argument("--uncached-prompts", type=int, default=8,
-                    help="prompts for the cached-vs-uncached comparison (batch 1)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds per measurement (best is kept)")
+    ap.add_argument("--nq-items", type=int, default=96)
+    ap.add_argument("--gen-batch", type=int, default=32, help="prompts decoded together (new path)")
+    ap.add_argument("--hellaswag-items", type=int, default=100, help="items (4 requests each)")
+    ap.add_argument("--piqa-items", type=int, default=200, help="items (2 requests each)")
+    ap.add_argument("--batch-size", type=int, default=32, help="eval.batch_size (old: requests per forward)")
+    ap.add_argument("--max-batch-tokens", type=int, default=16384, help="eval.max_batch_tokens")
+    ap.add_argument("--long-context", type=int, default=512,
+                    help="also score hellaswag with the same weights and this context (0: no)")
+    ap.add_argument("--hf-export", default=None, help="an existing export of the run (default: export now)")
+    ap.add_argument("--skip-hflm", action="store_true")
     ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    ap.add_argument("--append", default=None, metavar="RESULTS.md", help="append a dated Markdown section")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer, what = load_model(args.checkpoint, device)
-    pairs, source = piqa_pairs(args.items)
-    print(f"{what}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} params, "
-          f"tokenizer {tokenizer.name}; device {device}, {torch.get_num_threads()} threads", flush=True)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # HFLM warns once per truncated request
+    checkpoint_dir, run_dir = resolve_checkpoint(args.checkpoint)
+    run = load_for_eval(checkpoint_dir, run_dir, load_config(saved_config_file(checkpoint_dir, run_dir)),
+                        args.device)
+    model, tok = run.model, run.tokenizer
+    what = (f"{run_dir} step {run.step}: {type(model).__name__}, {model.num_params():,} params, "
+            f"context {model.max_seq_len}, tokenizer {tok.name}")
+    print(what, flush=True)
     load_before = os.getloadavg()[0]
-
-    lm = LmlabLM(model, tokenizer, batch_size=args.ll_batch, progress=False)
-    ll_secs = time_loglikelihood(lm, pairs)
-    contexts = [context for context, _ in pairs[::2]]  # one per item
-    prompts = equal_length_prompts(tokenizer, contexts, args.prompts, args.prompt_len)
-    res = {"device": str(device), "threads": torch.get_num_threads(), "model": what,
-           "ll_requests": len(pairs), "ll_batch": args.ll_batch, "ll_requests_per_s": len(pairs) / ll_secs}
-    res.update(measure_generation(model, tokenizer, prompts, args))
+    res = {"date": datetime.date.today().isoformat(), "model": what, "device": args.device,
+           "threads": torch.get_num_threads(), "repeats": args.repeats}
+    res.update(generation_row(model, tok, args))
+    res.update(scoring_row(model, tok, args))
+    if args.long_context and model.max_seq_len:
+        res.update(scoring_row(with_context(model, args.long_context), tok, args, key="hs_long"))
+    if not args.skip_hflm:
+        res.update(hflm_row(model, tok, str(run_dir), args))
     res["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    print_table(res, source, args)
+    command = "python benchmarks/bench_eval.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows = table(res)
+    for row in rows:
+        print(" | ".join(row))
     if args.json:
         print(json.dumps(res))
-
-
-def print_table(res: dict, source: str, args: argparse.Namespace) -> None:
-    """The figures as a small aligned table."""
-    rows = [
-        (f"loglikelihood ({res['ll_requests']} requests, batch {res['ll_batch']})",
-         f"{res['ll_requests_per_s']:,.1f} requests/s"),
-        (f"generate greedy ({res['gen_prompts']} prompts x {args.max_tokens}, batch {res['gen_batch']})",
-         f"{res['gen_tokens_per_s']:,.1f} tokens/s"),
-        (f"generate greedy, batch 1 ({args.uncached_prompts} prompts)",
-         f"{res['cached_b1_tokens_per_s']:,.1f} tokens/s"),
-        (f"greedy_reference (no cache), batch 1 ({args.uncached_prompts} prompts)",
-         f"{res['uncached_b1_tokens_per_s']:,.1f} tokens/s"),
-        ("cache speedup (batch 1, cached / uncached)",
-         f"{res['cache_speedup']:.2f}x (same text: {res['cached_equals_uncached']})"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    print(f"requests from {source}; prompts of {args.prompt_len} tokens")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:>22}")
-    print(f"1-min load average: {res['load_avg_1min'][0]} before, {res['load_avg_1min'][1]} after "
-          f"({os.cpu_count()} CPUs)")
+    if args.append:
+        with open(args.append, "a", encoding="utf-8") as handle:
+            handle.write(markdown(res, command))
 
 
 if __name__ == "__main__":

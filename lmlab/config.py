@@ -26,6 +26,7 @@ from lmlab.data.sources import DataConfig
 from lmlab.errors import ConfigError, Problem, did_you_mean
 from lmlab.evaluation.config import EvalConfig
 from lmlab.models.registry import DEFAULT_MODEL, MODELS, model_config_class
+from lmlab.reports.config import ReportConfig
 from lmlab.training.checkpoint import CheckpointConfig
 from lmlab.training.distributed import DistributedConfig
 from lmlab.training.metrics import LoggingConfig
@@ -85,6 +86,8 @@ class RunConfig:
     )
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "Logging."})
+    report: ReportConfig = field(default_factory=ReportConfig, metadata={
+        "help": "What `lmlab report` shows beyond the logs (samples `lmlab eval` writes)."})
     distributed: DistributedConfig = field(
         default_factory=DistributedConfig,
         metadata={"help": "Several processes (torchrun, lmlab train --nproc, SLURM)."})

@@ -3,7 +3,7 @@
 Every command reads and writes run directories through these names, so the layout lives here only::
 
     <dump_dir>/config.yaml  provenance.json  metrics.jsonl  metrics.eval.jsonl  events.jsonl
-               tokenizer.json  errors/  plots/  report.md  .lmlab-run  .lock
+               samples.jsonl  tokenizer.json  errors/  plots/  report.md  .lmlab-run  .lock
                checkpoints/0000000100/{model.safetensors, optimizer.pt, train_state.json,
                                        eval_results.json}
                checkpoints/best/  checkpoints/final/   (hard links to a step checkpoint)
@@ -26,6 +26,7 @@ CONFIG_FILE = "config.yaml"
 PROVENANCE_FILE = "provenance.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_METRICS_FILE = "metrics.eval.jsonl"
+SAMPLES_FILE = "samples.jsonl"  # `lmlab eval`: greedy continuations of report.samples, shown by the report
 EVENTS_FILE = "events.jsonl"
 TOKENIZER_FILE = "tokenizer.json"
 ERRORS_DIR = "errors"

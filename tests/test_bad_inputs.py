@@ -166,9 +166,9 @@ CASES = [
          ("precision: fp16 needs CUDA", "fix: set precision=fp32")),
     # ---- evaluation settings
     Case("unknown_eval_task_in_train", lambda c: c.train("eval.tasks=[pica]"),
-         ("eval.tasks: unknown task 'pica'. Did you mean 'piqa'?", "fix: use any of")),
+         ("eval.tasks: unknown task 'pica'. Did you mean 'piqa'?", "fix: use lmlab's offline")),
     Case("unknown_eval_task_in_eval", lambda c: ["eval", str(c.finished), "eval.tasks=[pica]"],
-         ("eval.tasks: unknown task 'pica'. Did you mean 'piqa'?", "fix: use any of")),
+         ("eval.tasks: unknown task 'pica'. Did you mean 'piqa'?", "fix: use lmlab's offline")),
     Case("missing_eval_data_file_in_train",
          lambda c: c.train("eval.tasks=[piqa]", f"eval.data_dir={setup_missing_eval_data(c)}"),
          ("eval.data_dir: task piqa needs {tmp}/evaldata/piqa/valid-labels.lst, which is missing",

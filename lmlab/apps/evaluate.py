@@ -23,7 +23,9 @@ from lmlab.evaluation.config import check
 from lmlab.evaluation.loading import load_for_eval, saved_config_file
 from lmlab.evaluation.results import format_rows, results_json, write_results
 from lmlab.evaluation.runner import run_evaluation
+from lmlab.evaluation.samples import greedy_samples, write_samples
 from lmlab.preflight import device_problems
+from lmlab.reports.config import check as check_report
 from lmlab.rundir import EVAL_METRICS_FILE, EVAL_RESULTS_FILE, resolve_checkpoint
 from lmlab.runlog import EventLog
 
@@ -47,7 +49,13 @@ def run(args: argparse.Namespace) -> int:
         # shown before the file is written: a failing write must not lose what took long to compute
         print(format_rows(rows), flush=True)
         target = _write(rows, results_dir, metrics_dir, loaded.step, args.run)
+        samples = greedy_samples(loaded, cfg.report.samples, cfg.report.sample_tokens) \
+            if cfg.report.samples else []
+        if samples:  # for the report, which reads them (it imports no torch)
+            samples_file = write_samples(samples, metrics_dir)
     print(f"results: {target} (also appended to {metrics_dir / EVAL_METRICS_FILE})")
+    if samples:
+        print(f"samples: {samples_file} ({len(samples)} greedy continuations of report.samples)")
     return 0
 
 
@@ -81,7 +89,7 @@ def _checked_config(config_file: Path, overrides: list[str]) -> RunConfig:
     """The run's saved config with ``overrides``, preflighted for what evaluation needs: every
     problem is reported at once, before the model is loaded."""
     cfg, problems = load_config_collecting(config_file, overrides)
-    problems += check(cfg.eval) + device_problems(cfg)
+    problems += check(cfg.eval) + check_report(cfg.report) + device_problems(cfg)
     if cfg.eval.validation.enabled:
         problems += sources.check(cfg.data, True)
     if not cfg.eval.tasks and not cfg.eval.validation.enabled:

@@ -28,7 +28,7 @@ from lmlab.training.slurm_script import SlurmJob, render
 # Config values that are paths: made absolute, as preflight resolved them here (the job starts in
 # the code snapshot's folder, where a relative path would mean something else).
 PATH_KEYS = ("dump_dir", "data.root_dir", "data.path", "data.val_path", "data.tokenizer.path",
-             "eval.data_dir", "logging.wandb.dir", "logging.tensorboard.log_dir")
+             "eval.data_dir", "eval.include_path", "logging.wandb.dir", "logging.tensorboard.log_dir")
 CPUS_PER_GPU = 4  # --cpus-per-task default: per process of a node
 PACKAGE = Path(__file__).resolve().parents[1]  # the lmlab source this process runs
 _SUBMITTED = re.compile(r"Submitted batch job (\d+)")

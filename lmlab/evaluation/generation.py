@@ -1,13 +1,15 @@
-"""Text generation through the ``LanguageModel`` protocol only: one ``step`` call prefills the prompt,
+"""Text generation through the ``LanguageModel`` protocol only: one ``step`` call prefills the prompts,
 then every new token is one more ``step`` call on the returned state.
 
-Prompts of different lengths. The protocol's ``step`` takes no attention mask, and the transformer's
-KV cache keeps one position for the whole batch, so left padding would let real tokens attend to the
-pad tokens (and would feed the pads into the recurrent model's context). Prompts are therefore grouped
-by token length: each group is prefilled and decoded as one exact, unpadded batch (split into chunks of
-``batch_size``). Real prompts of similar length (few-shot templates, chat turns) share lengths often
-enough for this to batch well, and no result depends on which prompts happened to share a batch,
-except which random numbers a sampled row draws.
+Prompts of different lengths share a batch: they are left-padded to the longest and prefilled with a
+``pad_mask`` (see ``models/protocol.py``): pads take no position, are never attended to and leave a
+recurrent context unchanged, so every row computes exactly what it would alone, and its last prompt
+position predicts its first new token. Prompts are sorted by length (longest first) so that a batch
+pads little; each row has its own token budget and stop strings and finishes on its own (once a
+quarter of the batch has finished, ``select_state`` drops the finished rows from the state). A
+transformer's batch also fits its cache: the longest prompt plus the most new tokens of any row stays
+within ``max_seq_len`` slots. No result depends on which prompts share a batch, except which random
+numbers a sampled row draws.
 
 Every prompt starts with the tokenizer's BOS, as every training document did. When a prompt plus
 ``max_tokens`` does not fit ``model.max_seq_len``, room is kept for ``min(max_tokens, context // 4)``
@@ -20,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections import defaultdict
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -124,37 +125,49 @@ def sample_next(logits: Tensor, temperature: float, top_p: float,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # renormalises itself
 
 
-def generate_tokens(model, prompts: Sequence[Sequence[int]], steps: int, temperature: float = 0.0,
-                    top_p: float = 1.0, generator: torch.Generator | None = None,
-                    eos_id: int | None = None,
-                    should_stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
-    """Decode up to ``steps`` tokens for a batch of equal-length prompts (token ids).
+def generate_tokens(model, prompts: Sequence[Sequence[int]], steps: int | Sequence[int],
+                    temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                    eos_id: int | None = None, should_stop: Callable[[int, list[int]], bool] | None = None,
+                    pad_id: int = 0) -> list[list[int]]:
+    """Decode up to ``steps`` tokens (one number for all rows, or one per row) for a batch of prompts
+    (token ids) of any lengths, left-padded with ``pad_id`` behind a ``pad_mask``.
 
-    A row ends at ``eos_id`` (not included) or when ``should_stop(row, ids)`` says so; the loop
-    ends as soon as every row has ended. Call inside ``eval_mode(model)``.
+    A row ends at ``eos_id`` (not included), at its ``steps``, or when ``should_stop(row, ids)``
+    says so; the loop ends as soon as every row has ended. Call inside ``eval_mode(model)``.
     """
-    if len({len(p) for p in prompts}) > 1:
-        raise ValueError("generate_tokens needs prompts of equal length; group them first")
+    limits = [steps] * len(prompts) if isinstance(steps, int) else list(steps)
     out: list[list[int]] = [[] for _ in prompts]
-    if steps <= 0 or not prompts:
+    done = [k <= 0 for k in limits]
+    if all(done):
         return out
-    tokens = torch.tensor([list(p) for p in prompts], dtype=torch.long, device=model_device(model))
-    logits, state = model.step(tokens, model.init_state(len(prompts)))  # prefill: (B, P, V)
-    done = [False] * len(prompts)
-    for i in range(steps):
+    width, device = max(map(len, prompts)), model_device(model)
+    tokens = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long,
+                          device=device)
+    state = model.init_state(len(prompts))
+    if all(len(p) == width for p in prompts):  # nothing to mask: the plain protocol call
+        logits, state = model.step(tokens, state)  # prefill: (B, P, V)
+    else:
+        pad_mask = torch.tensor([[True] * (width - len(p)) + [False] * len(p) for p in prompts],
+                                device=device)
+        logits, state = model.step(tokens, state, pad_mask=pad_mask)
+    rows = list(range(len(prompts)))  # the prompt each batch row decodes
+    while True:
         nxt = sample_next(logits[:, -1], temperature, top_p, generator)  # (B,)
-        for row, tok in enumerate(nxt.tolist()):
+        for row, tok in zip(rows, nxt.tolist()):
             if done[row]:
-                continue  # finished rows keep riding along: the state is opaque, so they stay in it
+                continue  # a finished row rides along until the batch is compacted
             if tok == eos_id:
                 done[row] = True
                 continue
             out[row].append(tok)
-            done[row] = bool(should_stop and should_stop(row, out[row]))
-        if all(done) or i == steps - 1:
-            break
+            done[row] = len(out[row]) >= limits[row] or bool(should_stop and should_stop(row, out[row]))
+        if all(done):
+            return out
+        alive = [k for k, row in enumerate(rows) if not done[row]]
+        if len(alive) <= 3 * len(rows) // 4 and hasattr(model, "select_state"):  # drop finished rows
+            index = torch.tensor(alive, dtype=torch.long, device=device)
+            state, nxt, rows = model.select_state(state, index), nxt[index], [rows[k] for k in alive]
         logits, state = model.step(nxt[:, None], state)  # (B, 1, V)
-    return out
 
 
 class _RowText:
@@ -204,45 +217,76 @@ class _RowText:
         return held
 
 
-def _length_groups(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped by equal length (longest first), each group cut into chunks of batch_size."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, n in enumerate(lengths):
-        groups[n].append(i)
-    for n in sorted(groups, reverse=True):
-        rows = groups[n]
-        for k in range(0, len(rows), batch_size):
-            yield rows[k:k + batch_size]
+def length_batches(fitted: Sequence[tuple[list[int], int]], batch_size: int,
+                   max_seq_len: int | None) -> Iterator[list[int]]:
+    """Indices of ``fitted`` (prompt ids, new tokens) in batches of at most ``batch_size``, longest
+    prompt first; with a context limit a batch also keeps its longest prompt plus its largest number
+    of new tokens within ``max_seq_len`` cache slots (one prompt alone always fits: ``fit_prompt``)."""
+    order = sorted(range(len(fitted)), key=lambda i: -len(fitted[i][0]))
+    batch: list[int] = []
+    longest = most = 0  # the batch's longest prompt (its first) and most new tokens
+    for i in order:
+        length, new = len(fitted[i][0]), fitted[i][1]
+        overflows = max_seq_len is not None and longest + max(most, new) - 1 > max_seq_len
+        if batch and (len(batch) == batch_size or overflows):
+            yield batch
+            batch = []
+        if not batch:
+            longest, most = length, 0
+        batch.append(i)
+        most = max(most, new)
+    if batch:
+        yield batch
 
 
-def generate(model, tokenizer, prompts: list[str], max_tokens: int, temperature: float = 0.0,
-             top_p: float = 1.0, stop: Sequence[str] = (), seed: int | None = None,
+def _per_row(value, n: int, scalar: type) -> list:
+    """``value`` for every one of ``n`` rows: one value for all, or already one per row."""
+    if isinstance(value, scalar) or (scalar is str and all(isinstance(v, str) for v in value)):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"expected one value for all {n} prompts or one per prompt, got {len(value)}")
+    return value
+
+
+def generate(model, tokenizer, prompts: list[str], max_tokens: int | Sequence[int],
+             temperature: float = 0.0, top_p: float = 1.0,
+             stop: Sequence[str] | Sequence[Sequence[str]] = (), seed: int | None = None,
              stream: StreamFn | None = None, batch_size: int = 32,
              on_rows_done: Callable[[int], None] | None = None,
              warn: Callable[[str], None] | None = None) -> list[str]:
     """Continue every prompt by up to ``max_tokens`` tokens; returns the new text of each.
 
+    ``max_tokens`` and ``stop`` are one value for every prompt or one per prompt (lm-eval requests
+    each carry their own ``until`` and ``max_gen_toks``); prompts of any lengths share batches.
     ``temperature`` 0 is greedy; otherwise nucleus sampling (``top_p``) from a ``torch.Generator``
-    seeded with ``seed`` (a fresh random seed when None). A row ends at EOS, at ``max_tokens``, at the
-    context limit, or at the first stop string (which is cut off, with everything after it).
-    ``stream(i, piece)`` receives each row's text as it becomes final; ``on_rows_done(n)`` counts
+    seeded with ``seed`` (a fresh random seed when None). A row ends at EOS, at its ``max_tokens``, at
+    the context limit, or at the first of its stop strings (which is cut off, with everything after
+    it). ``stream(i, piece)`` receives each row's text as it becomes final; ``on_rows_done(n)`` counts
     finished rows (for progress bars). What the context limit cut (prompts, new tokens) is said
     once, before decoding, to ``warn(sentence)`` (default: this module's logger warns).
     """
+    budgets = _per_row(max_tokens, len(prompts), int)
+    stops = _per_row(stop, len(prompts), str)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    fitted = [fit_prompt(ids, model.max_seq_len, max_tokens) for ids in encoded]
-    notice = context_notice([len(ids) for ids in encoded], fitted, model.max_seq_len, max_tokens)
-    if notice:
-        (warn or log.warning)(notice)
+    fitted = [fit_prompt(ids, model.max_seq_len, k) for ids, k in zip(encoded, budgets)]
+    notices = []
+    for k in dict.fromkeys(budgets):  # one sentence per distinct budget (usually one)
+        rows = [i for i, b in enumerate(budgets) if b == k]
+        notices.append(context_notice([len(encoded[i]) for i in rows], [fitted[i] for i in rows],
+                                      model.max_seq_len, k))
+    if any(notices):
+        (warn or log.warning)("; ".join(n for n in notices if n))
     generator = torch.Generator(device=model_device(model))
     generator.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
     texts = [""] * len(prompts)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     with eval_mode(model):
-        for rows in _length_groups([len(ids) for ids, _ in fitted], batch_size):
-            trackers = [_RowText(i, tokenizer, stop, stream) for i in rows]
-            generate_tokens(model, [fitted[i][0] for i in rows], fitted[rows[0]][1], temperature,
-                            top_p, generator, tokenizer.eos_id,
-                            lambda r, ids: trackers[r].update(ids))
+        for rows in length_batches(fitted, batch_size, model.max_seq_len):
+            trackers = [_RowText(i, tokenizer, stops[i], stream) for i in rows]
+            generate_tokens(model, [fitted[i][0] for i in rows], [fitted[i][1] for i in rows],
+                            temperature, top_p, generator, tokenizer.eos_id,
+                            lambda r, ids: trackers[r].update(ids), pad_id=pad_id)
             for i, tracker in zip(rows, trackers):
                 texts[i] = tracker.finish()
             if on_rows_done is not None:

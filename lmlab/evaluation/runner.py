@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from lmlab.data.pipeline import build_validation
 from lmlab.errors import ConfigError
-from lmlab.evaluation.config import EvalConfig, check
+from lmlab.evaluation.config import EvalConfig, TaskSetting, check, task_settings
 from lmlab.evaluation.harness import LmlabLM, task_specs
 from lmlab.evaluation.loading import LoadedRun
 from lmlab.evaluation.results import json_number
+from lmlab.evaluation.tasks import FEWSHOT_SOURCE
 from lmlab.training.checkpoint import rng_state, set_rng_state
 from lmlab.training.validation import evaluate
 
@@ -37,8 +38,8 @@ def run_evaluation(loaded: LoadedRun, eval_cfg: EvalConfig, validation: bool = T
     saved = rng_state()
     try:
         rows = validation_rows(loaded, progress) if validation else []
-        for name in eval_cfg.tasks:
-            rows += task_rows(loaded, eval_cfg, name, progress)
+        for setting in task_settings(eval_cfg):
+            rows += task_rows(loaded, eval_cfg, setting, progress)
     finally:
         set_rng_state(saved)
     return rows
@@ -57,22 +58,27 @@ def validation_rows(loaded: LoadedRun, progress: bool = True) -> list[dict]:
              "n": n, "seconds": seconds} for key, value in metrics.items()]
 
 
-def task_rows(loaded: LoadedRun, cfg: EvalConfig, name: str, progress: bool = True) -> list[dict]:
-    """One lm-eval task through ``lm_eval.simple_evaluate``: a row per metric it reports."""
+def task_rows(loaded: LoadedRun, cfg: EvalConfig, task: TaskSetting | str,
+              progress: bool = True) -> list[dict]:
+    """One ``eval.tasks`` entry (a task, group or tag) through ``lm_eval.simple_evaluate``: a row per
+    metric of every task it ran. ``task``: a setting of ``task_settings``, or a name (eval.* values)."""
     import lm_eval  # lazy: lm-eval
 
-    lm = LmlabLM(loaded.model, loaded.tokenizer, cfg.batch_size, cfg.max_gen_toks, progress)
-    tasks, manager, fewshot_source = task_specs(cfg, [name])
+    if isinstance(task, str):
+        task = TaskSetting(task, cfg.num_fewshot, cfg.limit, cfg.batch_size)
+    lm = LmlabLM(loaded.model, loaded.tokenizer, task.batch_size, cfg.max_gen_toks, progress,
+                 max_batch_tokens=cfg.max_batch_tokens, precision=getattr(loaded.config, "precision", "auto"))
+    tasks, manager, offline = task_specs(cfg, [task.task])
     start = time.perf_counter()
     with _without_environment_dump():
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=tasks, num_fewshot=cfg.num_fewshot, limit=cfg.limit, task_manager=manager,
-            batch_size=cfg.batch_size, log_samples=False, bootstrap_iters=1000,
+            model=lm, tasks=tasks, num_fewshot=task.num_fewshot, limit=task.limit, task_manager=manager,
+            batch_size=task.batch_size, log_samples=False, bootstrap_iters=1000,
             # None: leave the global RNGs alone (see the module docstring)
             random_seed=None, numpy_random_seed=None, torch_random_seed=None,
             fewshot_random_seed=FEWSHOT_SEED)
     seconds = time.perf_counter() - start
-    return _rows_from_results(out, name, seconds, fewshot_source)
+    return _rows_from_results(out, seconds, offline)
 
 
 @contextlib.contextmanager
@@ -95,20 +101,32 @@ def _without_environment_dump():
             setattr(evaluator, name, original)
 
 
-def _rows_from_results(out: dict, name: str, seconds: float, fewshot_source: str) -> list[dict]:
-    results, n = out["results"][name], out["n-samples"][name]["effective"]
-    shots = out.get("n-shot", {}).get(name, 0)
+def _rows_from_results(out: dict, seconds: float, offline: set[str]) -> list[dict]:
+    """A row per (task, metric) in lm-eval's results: one task, or a group's aggregate and members."""
     rows = []
-    for key, value in results.items():
-        metric, _, filt = key.partition(",")
-        # skip the alias, stderr entries (paired below) and unfiltered bookkeeping like sample_len
-        if not filt or metric.endswith("_stderr") or not isinstance(value, (int, float)):
-            continue
-        row = {"task": name, "metric": metric, "value": float(value),
-               "stderr": json_number(results.get(f"{metric}_stderr,{filt}")), "n": n,
-               "seconds": seconds, "items_per_s": n / seconds if seconds > 0 else None,
-               "num_fewshot": shots, "filter": filt}
-        if shots:
-            row["fewshot_source"] = fewshot_source
-        rows.append(row)
+    for name, results in out["results"].items():
+        n = (out.get("n-samples", {}).get(name) or {}).get("effective")  # None for a group's aggregate
+        shots = (out.get("n-shot") or {}).get(name, 0)
+        for key, value in results.items():
+            metric, _, filt = key.partition(",")
+            # skip the alias, stderr entries (paired below) and unfiltered bookkeeping like sample_len
+            if not filt or metric.endswith("_stderr") or not isinstance(value, (int, float)):
+                continue
+            row = {"task": name, "metric": metric, "value": float(value),
+                   "stderr": json_number(results.get(f"{metric}_stderr,{filt}")), "n": n,
+                   "seconds": seconds, "items_per_s": n / seconds if n and seconds > 0 else None,
+                   "num_fewshot": shots, "filter": filt}
+            if shots:
+                row["fewshot_source"] = FEWSHOT_SOURCE if name in offline else \
+                    fewshot_source((out.get("configs") or {}).get(name) or {})
+            rows.append(row)
     return rows
+
+
+def fewshot_source(config: dict) -> str:
+    """Where lm-eval drew a task's few-shot examples (its rule: ``fewshot_split``, else the training,
+    validation or test split), and whether that is the evaluated split (then never the item itself)."""
+    evaluated = config.get("test_split") or config.get("validation_split")
+    split = (config.get("fewshot_split") or config.get("training_split") or config.get("validation_split")
+             or config.get("test_split"))
+    return f"{split} (excluding the item)" if split == evaluated else str(split)

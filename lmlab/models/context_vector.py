@@ -164,12 +164,21 @@ class ContextVectorLM(nn.Module):
         logits, _ = self.step(tokens, self.init_state(tokens.shape[0]))
         return logits
 
-    def step(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, T) ids after context ``state`` (B, C) -> ((B, T, V) logits, new context (B, C))."""
+    def step(self, tokens: Tensor, state: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, T) ids after context ``state`` (B, C) -> ((B, T, V) logits, new context (B, C)).
+
+        ``pad_mask`` (B, T), True = a pad: a pad position leaves its row's context unchanged (its
+        logits are meaningless), so a padded row ends with exactly the context it would have alone.
+        """
         emb_parts = self._embedding_shares(tokens)  # T tensors (B, H)
         w_ctx = self.layers[0].weight[:, self.config.embed_dim :]  # (H, C): layer 0's context columns
-        hidden, context = self._scan(emb_parts, state, w_ctx)  # (B, T, H), (B, C)
+        pads = None if pad_mask is None else pad_mask.to(device=state.device, dtype=torch.bool).t()[:, :, None]
+        hidden, context = self._scan(emb_parts, state, w_ctx, pads)  # (B, T, H), (B, C)
         return self.head(hidden), context  # one (B*T, H) @ (H, V) matmul for all positions
+
+    def select_state(self, state: Tensor, index: Tensor) -> Tensor:
+        """The contexts of rows ``index`` (one prefix, several continuations): (B, C) -> (len(index), C)."""
+        return state.index_select(0, index)
 
     def _embedding_shares(self, tokens: Tensor) -> Iterator[Tensor]:
         """Layer 0's bias plus its embedding columns applied to each position: (B, T) -> T x (B, H).
@@ -190,13 +199,16 @@ class ContextVectorLM(nn.Module):
         return iter(F.linear(self.embed(tokens.t()), w_emb, first.bias).unbind(0))  # (T, B, H) by t
 
     # ------------------------------------------------------------------ fast path
-    def _scan(self, emb_parts: Iterable[Tensor], context: Tensor, w_ctx: Tensor) -> tuple[Tensor, Tensor]:
-        """Run the recurrence over time: T x (B, H) layer-0 embedding shares, (B, C) -> (B, T, H), (B, C)."""
+    def _scan(self, emb_parts: Iterable[Tensor], context: Tensor, w_ctx: Tensor,
+              pads: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run the recurrence over time: T x (B, H) layer-0 embedding shares, (B, C) -> (B, T, H), (B, C).
+        ``pads`` (T, B, 1), True = a pad: the context goes through that position unchanged."""
         body = self._loop_body()
         w_ctx_t = w_ctx.t()  # (C, H)
         hiddens = []
-        for emb_part_t in emb_parts:
-            h, context = body(emb_part_t, context, w_ctx_t)
+        for t, emb_part_t in enumerate(emb_parts):
+            h, new_context = body(emb_part_t, context, w_ctx_t)
+            context = new_context if pads is None else torch.where(pads[t], context, new_context)
             hiddens.append(h)
         # one stack, not writes into a preallocated (B, T, H) buffer: under autograd each in-place
         # write's backward would copy the whole buffer's gradient (T times). Stacking on dim 1

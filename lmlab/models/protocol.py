@@ -31,11 +31,21 @@ class LanguageModel(Protocol):
         """Empty decoding state for ``batch_size`` sequences, on the model's device."""
         ...
 
-    def step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
+    def step(self, tokens: Tensor, state: Any, pad_mask: Tensor | None = None) -> tuple[Tensor, Any]:
         """Consume (B, T) new tokens after ``state``; return their (B, T, V) logits and the new state.
 
         Feeding a sequence in pieces through ``step`` gives the same logits as one ``forward``.
+        ``pad_mask`` (B, T) bool, True = a pad token: pads are invisible to every later token of
+        their row (no attention to them, no position taken, the recurrent context passes through
+        unchanged), so rows of different lengths share one batch, left-padded, each computing what
+        it would alone; the logits at pad positions are meaningless. The state remembers the pads
+        for later steps. ``None``: no pads, and exactly the unpadded computation.
         """
+        ...
+
+    def select_state(self, state: Any, index: Tensor) -> Any:
+        """A new state whose row i is row ``index[i]`` (int64, on the model's device) of ``state``:
+        one prefix fanned out to several continuations (multiple-choice scoring)."""
         ...
 
     def num_params(self) -> int:

@@ -121,12 +121,17 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class KVCache:
     """Decoding state: per-layer preallocated keys/values, each (B, K, max_seq_len, Hd).
 
-    Only ``[:, :, :pos]`` holds real entries; ``step`` writes the next T positions in place.
+    Only ``[:, :, :pos]`` holds entries; ``step`` writes the next T slots in place. Once a step has
+    had a ``pad_mask``, ``pads`` (B, max_seq_len) marks the pad slots (never attended to) and
+    ``lengths`` (B,) counts each row's real tokens, which are its next RoPE position; both stay
+    None for unpadded decoding (then slot = position for every row).
     """
 
     k: list[Tensor]
     v: list[Tensor]
     pos: int = 0
+    pads: Tensor | None = None
+    lengths: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------- layers
@@ -152,12 +157,14 @@ class Attention(nn.Module):
         sin: Tensor,
         cache: tuple[Tensor, Tensor] | None = None,
         pos: int = 0,
+        mask: Tensor | None = None,
     ) -> Tensor:
         """x (B, T, D), cos/sin (T, Hd) for positions pos..pos+T-1 -> (B, T, D).
 
         Without a cache this is plain causal attention over the T tokens. With a cache
         (k, v each (B, K, max_seq_len, Hd)) the new keys/values are written at pos..pos+T-1 and
-        the queries attend to everything cached so far.
+        the queries attend to everything cached so far. Padded decoding passes per-row cos/sin
+        (B, 1, T, Hd) and its own ``mask`` (B, 1, T, pos+T), True = may attend.
         """
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Hd)
@@ -176,9 +183,10 @@ class Attention(nn.Module):
             k, v = k_cache[:, :, :end].to(q.dtype), v_cache[:, :, :end].to(q.dtype)  # (B, K, S, Hd)
             # is_causal would align the mask top-left; with a prefix of length pos we need query i
             # (absolute position pos+i) to see keys 0..pos+i, i.e. a bottom-right aligned mask.
-            q_pos = torch.arange(pos, end, device=x.device)[:, None]  # (T, 1)
-            k_pos = torch.arange(end, device=x.device)[None, :]  # (1, S)
-            mask = k_pos <= q_pos  # (T, S) True = may attend
+            if mask is None:
+                q_pos = torch.arange(pos, end, device=x.device)[:, None]  # (T, 1)
+                k_pos = torch.arange(end, device=x.device)[None, :]  # (1, S)
+                mask = k_pos <= q_pos  # (T, S) True = may attend
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*Hd)
@@ -217,9 +225,10 @@ class Block(nn.Module):
         sin: Tensor,
         cache: tuple[Tensor, Tensor] | None = None,
         pos: int = 0,
+        mask: Tensor | None = None,
     ) -> Tensor:
         """x (B, T, D) -> (B, T, D)."""
-        x = x + self.attention(self.attention_norm(x), cos, sin, cache, pos)
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, pos, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -264,13 +273,17 @@ class Transformer(nn.Module):
             nn.init.normal_(block.attention.wo.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.feed_forward.w2.weight, mean=0.0, std=residual_std)
 
-    def _run(self, tokens: Tensor, caches: KVCache | None) -> Tensor:
+    def _run(self, tokens: Tensor, caches: KVCache | None, pad_mask: Tensor | None = None) -> Tensor:
         """Shared body of forward/step: tokens (B, T) at positions pos.. -> logits (B, T, V)."""
         T = tokens.shape[1]
         pos = caches.pos if caches is not None else 0
         if pos + T > self.config.max_seq_len:
             raise ValueError(f"sequence end {pos + T} exceeds max_seq_len {self.config.max_seq_len}")
-        cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]  # (T, Hd)
+        mask = None
+        if caches is not None and (pad_mask is not None or caches.pads is not None):
+            cos, sin, mask = self._padded_positions(caches, tokens.shape[0], T, pad_mask)  # per row
+        else:
+            cos, sin = self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T]  # (T, Hd)
         x = self.tok_embeddings(tokens)  # (B, T, D)
         recompute = self.config.activation_checkpointing and self.training and caches is None
         for i, block in enumerate(self.layers):
@@ -278,8 +291,29 @@ class Transformer(nn.Module):
             if recompute:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
-                x = block(x, cos, sin, cache, pos)
+                x = block(x, cos, sin, cache, pos, mask)
         return self.output(self.norm(x))  # (B, T, V)
+
+    def _padded_positions(self, cache: KVCache, B: int, T: int,
+                          pad_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Record the T new slots' pads in ``cache``; their per-row RoPE tables (B, 1, T, Hd) and
+        the attention mask (B, 1, T, pos+T): a real query sees the real slots up to its own, and
+        every query sees its own slot (so a pad query's softmax is never empty: no NaN anywhere)."""
+        pos, device = cache.pos, self.rope_cos.device
+        if cache.pads is None:  # the first padded step: every earlier slot was a real token
+            cache.pads = torch.zeros(B, self.config.max_seq_len, dtype=torch.bool, device=device)
+            cache.lengths = torch.full((B,), pos, dtype=torch.long, device=device)
+        new = pad_mask.to(device=device, dtype=torch.bool) if pad_mask is not None else \
+            torch.zeros(B, T, dtype=torch.bool, device=device)
+        cache.pads[:, pos : pos + T] = new
+        real = (~new).long()
+        positions = cache.lengths[:, None] + real.cumsum(1) - real  # real tokens before each: (B, T)
+        cache.lengths = cache.lengths + real.sum(1)
+        slots = torch.arange(pos + T, device=device)
+        own = torch.arange(pos, pos + T, device=device)[:, None]  # (T, 1)
+        causal = slots[None, :] <= own  # (T, S)
+        mask = (causal & ~cache.pads[:, None, : pos + T]) | (slots[None, :] == own)  # (B, T, S)
+        return self.rope_cos[positions][:, None], self.rope_sin[positions][:, None], mask[:, None]
 
     def forward(self, tokens: Tensor) -> Tensor:
         """(B, T) int64 token ids -> (B, T, V) next-token logits."""
@@ -298,15 +332,26 @@ class Transformer(nn.Module):
 
         return KVCache(k=[zeros() for _ in self.layers], v=[zeros() for _ in self.layers], pos=0)
 
-    def step(self, tokens: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
-        """Consume tokens (B, T) at positions state.pos..state.pos+T-1 -> (logits (B, T, V), state).
+    def step(self, tokens: Tensor, state: KVCache,
+             pad_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
+        """Consume tokens (B, T) at slots state.pos..state.pos+T-1 -> (logits (B, T, V), state).
 
         The cache tensors are updated in place; the returned state is the same object with
-        ``pos`` advanced by T.
+        ``pos`` advanced by T. ``pad_mask`` (B, T), True = a pad: pad slots are never attended to
+        and take no RoPE position, so a left-padded row computes exactly what it would alone
+        (its logits at pad slots are meaningless). Without any pad_mask nothing changes.
         """
-        logits = self._run(tokens, state)
+        logits = self._run(tokens, state, pad_mask)
         state.pos += tokens.shape[1]
         return logits, state
+
+    def select_state(self, state: KVCache, index: Tensor) -> KVCache:
+        """A new cache whose row i is row ``index[i]`` of ``state`` (one prefix, several continuations)."""
+        def pick(t: Tensor | None) -> Tensor | None:
+            return t.index_select(0, index) if t is not None else None
+
+        return KVCache(k=[pick(t) for t in state.k], v=[pick(t) for t in state.v], pos=state.pos,
+                       pads=pick(state.pads), lengths=pick(state.lengths))
 
     def num_params(self) -> int:
         """Trainable parameters; ``parameters()`` yields a tied matrix only once."""

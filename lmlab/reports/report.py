@@ -10,6 +10,7 @@ from lmlab.reports import sections
 from lmlab.reports.plots import make_plots
 from lmlab.reports.render import FORMATS, Block, render
 from lmlab.reports.runs import load_run
+from lmlab.reports.samples import samples_section
 from lmlab.reports.text import Text
 
 
@@ -35,7 +36,7 @@ def write_report(run_dir: str | Path, lang: str = "en", fmt: str = "md",
         blocks += sections.failure_section(run, t)
     blocks += sections.model_section(run, t) + sections.loss_section(run, t)
     blocks += sections.plots_section(plots, run, t, base=folder) + sections.throughput_section(run, t)
-    blocks += sections.checkpoints_section(run, t) + sections.eval_section(run, t)
+    blocks += sections.checkpoints_section(run, t) + sections.eval_section(run, t) + samples_section(run, t)
     out = report_path(folder, lang, fmt)
     out.write_text(render(t("title", name=run.get("name") or run.path.name), blocks, fmt), encoding="utf-8")
     return out

@@ -338,11 +338,11 @@ def eval_section(run: Run, t: Text) -> list[Block]:
     blocks: list[Block] = [("h", 2, t("h_eval"))] + _failed_evals(run, t)
     if not run.evals:
         return blocks + [("p", t("eval_none"))]
-    rows = [(m.get("step", "-"), f"`{m.get('task', '-')}`", m.get("metric", "-"), fmt_num(m.get("value")),
-             fmt_num(m.get("stderr")), fmt_int(m.get("n")), fmt_num(m.get("seconds"), 1))
-            for m in run.evals]
-    header = [t("c_step"), t("c_task"), t("c_metric"), t("c_value"), t("c_stderr"), t("c_n"), t("c_seconds")]
-    return blocks + [("table", header, rows)]
+    rows = [(f"`{m.get('task', '-')}`", m.get("metric", "-"),
+             fmt_num(m.get("value")) + (f" ± {fmt_num(m['stderr'])}" if finite(m.get("stderr")) else ""),
+             fmt_int(m.get("n")), fmt_int(m.get("num_fewshot")), m.get("step", "-")) for m in run.evals]
+    header = [t("c_task"), t("c_metric"), t("c_value_stderr"), t("c_n"), t("c_fewshot"), t("c_step")]
+    return blocks + [("p", t("eval_intro")), ("table", header, rows)]
 
 
 def _failed_evals(run: Run, t: Text) -> list[Block]:

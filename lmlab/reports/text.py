@@ -23,7 +23,8 @@ LANGS: tuple[str, ...] = tuple(sorted((p.stem for p in STRINGS_DIR.glob("*.yaml"
 # Run-directory names any string may use as a field, e.g. "`{eval_metrics_file}` is absent".
 RUN_DIR_NAMES = {"config_file": rundir.CONFIG_FILE, "provenance_file": rundir.PROVENANCE_FILE,
                  "eval_metrics_file": rundir.EVAL_METRICS_FILE, "checkpoints_dir": rundir.CHECKPOINTS_DIR,
-                 "plots_dir": rundir.PLOTS_DIR, "final": rundir.FINAL, "best": rundir.BEST}
+                 "plots_dir": rundir.PLOTS_DIR, "final": rundir.FINAL, "best": rundir.BEST,
+                 "samples_file": rundir.SAMPLES_FILE}
 
 
 @lru_cache(maxsize=None)

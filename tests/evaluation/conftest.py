@@ -107,9 +107,12 @@ class AsciiOnly(torch.nn.Module):
     def init_state(self, batch_size):
         return self.inner.init_state(batch_size)
 
-    def step(self, tokens, state):
-        logits, state = self.inner.step(tokens, state)
+    def step(self, tokens, state, pad_mask=None):
+        logits, state = self.inner.step(tokens, state, pad_mask=pad_mask)
         return logits + self.mask, state
+
+    def select_state(self, state, index):
+        return self.inner.select_state(state, index)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 from lm_eval.utils import get_rolling_token_windows
 
-from lmlab.evaluation.harness import LmlabLM, score_windows
+from lmlab.evaluation.harness import LmlabLM
+from lmlab.evaluation.scoring import score_windows
 
 
 def _requests(kind: str, args: list[tuple]) -> list[Instance]:

@@ -65,6 +65,12 @@ def train_tiny(run: Path, *extra: str) -> Path:
     return run
 
 
+@pytest.fixture
+def train_run():
+    """``train_run(path, *overrides)``: a tiny finished quickstart run there (``train_tiny``)."""
+    return train_tiny
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     """Two finished runs differing only in optim.lr; 'base' also has downstream eval results."""
