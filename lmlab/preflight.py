@@ -19,7 +19,7 @@ from lmlab.data import sources, tokenizers
 from lmlab.errors import ConfigError, Problem
 from lmlab.evaluation import config as eval_config
 from lmlab.models import registry
-from lmlab.training import checkpoint, distributed, metrics, optim, step
+from lmlab.training import checkpoint, distributed, graphs, metrics, optim, step
 
 
 def load_and_check(path, overrides: list[str] = (), world_size: int | None = None) -> RunConfig:
@@ -75,6 +75,10 @@ def preflight_problems(cfg: RunConfig, world_size: int = 1) -> list[Problem]:
     problems += metrics.check(cfg.logging)
     problems += eval_config.check(cfg.eval)
     problems += step.check(cfg.training)
+    problems += graphs.check(cfg)
+    if cfg.training.cuda_graph and world_size > 1:
+        problems.append(Problem("training.cuda_graph", f"a graphed step runs in one process; this "
+                                f"run has {world_size}.", "set training.cuda_graph=null (auto)"))
     problems += distributed.check(cfg.distributed, world_size, data.batch_size, cfg.training.grad_accum,
                                   cfg.model.name, cfg.device)
     if world_size > 1 and cfg.eval.every:

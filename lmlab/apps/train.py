@@ -21,6 +21,7 @@ import torch
 from lmlab import rundir
 from lmlab.config import config_to_dict, dump_config, finalize_config
 from lmlab.data.pipeline import build_data
+from lmlab.data.prefetch import read_ahead, stop_reading
 from lmlab.errors import LmlabError
 from lmlab.evaluation.loading import LoadedRun
 from lmlab.evaluation.results import format_rows, write_results
@@ -29,7 +30,7 @@ from lmlab.preflight import load_and_check, preflight_warnings, show_warnings
 from lmlab.runlock import RunLock, mark_run_dir
 from lmlab.runlog import EventLog, exception_location, redact_text, write_provenance
 from lmlab.training import distributed
-from lmlab.training.build import TrainingParts, build_parts
+from lmlab.training.build import TrainingParts, build_parts, compile_now
 from lmlab.training.console import Console
 from lmlab.training.distributed import SINGLE, Dist
 from lmlab.training.loop import Trainer
@@ -149,6 +150,7 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
     with events.phase("build"):
         parts = build_parts(cfg, data.tokenizer.vocab_size, runtime, d, resume and resume.checkpoint)
         state = restore(parts, data.train, resume, d) if resume else TrainState()
+        data.train = read_ahead(data.train, cfg.data.prefetch, runtime.device, data.bad_records)
         if d.rank > 0 and not resume:
             torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout draws (rank 0 as alone)
         if resume:
@@ -157,6 +159,12 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
         for note in sink.notes:
             console.line(note)
         _print_model_line(console, parts, runtime, d)
+    if parts.compiled:
+        with events.phase("compile"):
+            started = time.perf_counter()
+            micro = cfg.data.batch_size // cfg.training.grad_accum
+            compile_now(parts, -(-micro // d.world_size), cfg.data.seq_len, runtime)  # rank 0's rows
+            console.line(f"compiled the model (torch.compile) in {time.perf_counter() - started:.1f} s")
     _write_run_files(cfg, argv, runtime, parts, resume, d)  # after build: a refused resume changes nothing
     harness = HarnessAtCheckpoints(cfg, parts.model, data.tokenizer, console, events)
     if resume and d.is_main:
@@ -168,6 +176,7 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
         summary = trainer.run()
     finally:
         sink.close()  # also on a crash: TensorBoard buffers its last scalars
+        stop_reading(data.train)
     _bad_records_summary(data.bad_records, console, events)
     return {**summary, "failed_evals": harness.report_failures(state)}
 

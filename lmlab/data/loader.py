@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lmlab.data.badrecords import BadRecords
 from lmlab.data.sources import Source
@@ -24,11 +25,23 @@ IGNORE_INDEX = -100  # targets that count in no loss or metric (padding); F.cros
 
 
 def split_window(batch: torch.Tensor, pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T+1) windows -> inputs (B, T) and targets (B, T); padding targets become IGNORE_INDEX."""
-    inputs, targets = batch[:, :-1], batch[:, 1:].clone()
+    """(B, T+1) windows -> inputs (B, T) and targets (B, T); padding targets become IGNORE_INDEX
+    (with ``where``, not a masked assignment: that would wait for the device to count the mask)."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]
     if pad_id is not None:
-        targets[targets == pad_id] = IGNORE_INDEX
-    return inputs, targets
+        targets = torch.where(targets == pad_id, IGNORE_INDEX, targets)
+    return inputs.contiguous(), targets.contiguous()  # the strides a compiled model was built for
+
+
+def pad_rows(inputs: torch.Tensor, targets: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) inputs and targets grown to ``rows`` rows (B <= rows): the new inputs are token 0, the
+    new targets IGNORE_INDEX, so a summed loss over valid targets and its gradients are those of
+    the B real rows, computed at a fixed shape (a CUDA graph replays only the shape it captured)."""
+    extra = rows - inputs.shape[0]
+    assert extra >= 0, (rows, inputs.shape)
+    if extra == 0:
+        return inputs, targets
+    return F.pad(inputs, (0, 0, 0, extra), value=0), F.pad(targets, (0, 0, 0, extra), value=IGNORE_INDEX)
 
 
 class PackedStream:

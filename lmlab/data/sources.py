@@ -62,6 +62,10 @@ class DataConfig:
     skip_bad_lines: bool = field(default=False, metadata={
         "help": "Older setting, kept so that older configs load: true lifts the data.max_bad_records "
                 "limit (every bad record is skipped and counted)."})
+    prefetch: int | None = field(default=None, metadata={
+        "help": "Training batches read ahead by a background thread (pinned memory on a GPU, so "
+                "the copy overlaps the step); the batches and resume positions are unchanged. "
+                "null: auto (2 on CUDA, 0 on CPU, where the thread would take a core from the step)."})
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig, metadata={
         "help": "Tokenizer."})
 
@@ -286,6 +290,9 @@ def check(cfg: DataConfig, validation_enabled: bool) -> list[Problem]:
     if cfg.max_bad_records < 0:
         problems.append(Problem("data.max_bad_records", f"must be >= 0, got {cfg.max_bad_records}.",
                                 "set data.max_bad_records=0 (stop at the first bad record) or more"))
+    if cfg.prefetch is not None and cfg.prefetch < 0:
+        problems.append(Problem("data.prefetch", f"must be >= 0 or null, got {cfg.prefetch}.",
+                                "set data.prefetch=0 (no read-ahead) or null (auto)"))
     found: list[Problem] = []
     if cfg.source == "jsonl":
         found = _check_jsonl(cfg, validation_enabled)

@@ -12,12 +12,15 @@ from __future__ import annotations
 import torch
 
 from lmlab import rundir
+from lmlab.data.prefetch import Prefetcher
 
 
 def fetch_batch(trainer, step: int) -> torch.Tensor:
     """The batch of ``step`` for ``trainer`` (a ``training.loop.Trainer``)."""
-    bad = getattr(trainer.data, "bad_records", None)
-    if bad is not None and bad.exceeded:
+    bad, train = getattr(trainer.data, "bad_records", None), trainer.data.train
+    # read ahead, the count may already include later batches: the prefetcher knows where it was
+    over = train.over_budget if isinstance(train, Prefetcher) else bad is not None and bad.exceeded
+    if over:
         done = step - 1
         latest = rundir.latest_checkpoint(trainer.run_dir)
         if done > 0 and (latest is None or latest.name != rundir.step_name(done)):
@@ -27,4 +30,4 @@ def fetch_batch(trainer, step: int) -> torch.Tensor:
                  f"fixed (or the budget raised) the command resumes from there: "
                  f"{trainer.resume_command}.") if done > 0 else ""
         raise bad.error(saved)
-    return trainer.data.train.next_batch()
+    return train.next_batch()

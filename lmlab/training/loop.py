@@ -35,6 +35,11 @@ from lmlab.training.validation import evaluate
 CheckpointHook = Callable[[int, Path, bool, TrainState], None]
 
 
+def epoch_of(step: int, steps_per_epoch: int) -> int:
+    """The 1-based epoch that step ``step`` (1-based) belongs to."""
+    return (step - 1) // steps_per_epoch + 1
+
+
 class Trainer:
     """Trains ``parts`` on ``data`` from ``state`` to the end of the plan (or a stop/preemption)."""
 
@@ -75,7 +80,8 @@ class Trainer:
             set_lr(self.parts.optimizer, lr)
             result = train_step(self.parts.forward, batch, self.parts.optimizer, self.runtime,
                                 self.parts.scaler, cfg.optim.clip, cfg.training.grad_accum,
-                                self.data.pad_id, skip_nonfinite=self.guard.per_step, d=self.d)
+                                self.data.pad_id, skip_nonfinite=self.guard.per_step, d=self.d,
+                                static_rows=self.parts.static_rows)
             self._account(step, batch, result, window, data_s)
             if cfg.logging.due(step, total):
                 self._log(step, total, result, lr, window)
@@ -109,7 +115,7 @@ class Trainer:
         self.guard.check()
         loss, grad_norm = torch.stack([result.loss, result.grad_norm.float()]).tolist()  # one sync
         summary = window.summary()
-        epoch = {"epoch": self._epoch_of(step)} if self.epoch_mode else {}
+        epoch = {"epoch": epoch_of(step, self.data.steps_per_epoch)} if self.epoch_mode else {}
         metrics = {**epoch, "loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": self.state.tokens,
                    **throughput(summary["tokens"], summary["seconds"], self.parts.size["flops_per_token"],
                                 self.parts.peak_flops, self.d.world_size),
@@ -131,12 +137,9 @@ class Trainer:
             self.last_val = metrics
         return metrics
 
-    def _epoch_of(self, step: int) -> int:
-        return (step - 1) // self.data.steps_per_epoch + 1
-
     def _end_epoch(self, step: int) -> bool:
         """Validate, track the best model, checkpoint; True when early stopping ends the run."""
-        epoch, cfg, state = self._epoch_of(step), self.cfg.training, self.state
+        epoch, cfg, state = epoch_of(step, self.data.steps_per_epoch), self.cfg.training, self.state
         train_loss = (self.epoch_loss / state.epoch_steps).item()
         self.epoch_loss.zero_()
         state.epoch_steps = 0

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab import rundir
-from lmlab.data.loader import IGNORE_INDEX, split_window
+from lmlab.data.loader import IGNORE_INDEX, pad_rows, split_window
 from lmlab.errors import LmlabError, Problem
 from lmlab.training.distributed import SINGLE, Dist, accumulating, local, shard_rows, sum_
 
@@ -35,6 +35,12 @@ class TrainingConfig:
         "help": "Epoch mode: stop after this many validations without improvement (0: never)."})
     min_delta: float = field(default=0.0, metadata={
         "help": "Epoch mode: a validation loss must drop by more than this to count as better."})
+    cuda_graph: bool | None = field(default=None, metadata={
+        "help": "Capture the model's forward and backward in a CUDA graph (training/graphs.py): "
+                "one replay instead of thousands of kernel launches per step; an epoch's last "
+                "batch is padded with ignored rows to the captured shape. null: auto (on for the "
+                "launch-bound context_vector model on one CUDA device with grad_accum 1; never "
+                "on CPU)."})
     skip_nonfinite_steps: int = field(default=0, metadata={
         "help": "Skip up to this many steps with a non-finite loss / grad norm before stopping "
                 "(fp16 overflow steps that the GradScaler skips itself do not count). Skipping "
@@ -107,27 +113,34 @@ class StepResult:
 
 
 def train_step(model, batch: torch.Tensor, optimizer, runtime, scaler, clip: float, grad_accum: int,
-               pad_id: int | None, skip_nonfinite: bool = False, d: Dist = SINGLE) -> StepResult:
+               pad_id: int | None, skip_nonfinite: bool = False, d: Dist = SINGLE,
+               static_rows: int | None = None) -> StepResult:
     """One optimizer step over the global ``batch`` (B, T+1), split into ``grad_accum``
     micro-batches, of which this rank trains on its rows (all of them in a single process).
 
     Each micro-batch's loss is its summed cross-entropy over the valid targets of the whole
     (global) micro-batch, so that the gradients the ranks average are exactly those of one
     process training on the whole batch, whatever the padding on each rank.
+    ``static_rows`` (a CUDA-graphed model, whose shapes never change): a smaller batch (an
+    epoch's last) is padded to that many rows whose targets are all ignored, which adds nothing
+    to the summed loss or its gradients.
     With ``skip_nonfinite`` the loss and gradient norm are read back (one host sync) and a
     non-finite step is not applied; otherwise the step is always applied and ``NonFiniteGuard``
     judges it later. Under fp16 the GradScaler skips overflowing gradients itself.
     """
-    micro_batches = batch.chunk(grad_accum)
+    # one copy, then everything on the device: from pinned memory (data.prefetch) it overlaps
+    inputs, targets = split_window(batch.to(runtime.device, non_blocking=True), pad_id)
+    if static_rows is not None:
+        inputs, targets = pad_rows(inputs, targets, static_rows)
     total = torch.zeros((), device=runtime.device)
-    for i, micro in enumerate(micro_batches):
-        inputs, targets = split_window(micro, pad_id)
-        valid = (targets != IGNORE_INDEX).sum().to(runtime.device)  # over the global micro-batch
-        inputs, targets = (shard_rows(t, d).to(runtime.device, non_blocking=True) for t in (inputs, targets))
+    micro_batches = list(zip(inputs.chunk(grad_accum), targets.chunk(grad_accum)))
+    for i, (micro_inputs, micro_targets) in enumerate(micro_batches):
+        valid = (micro_targets != IGNORE_INDEX).sum()  # over the global micro-batch
+        micro_inputs, micro_targets = shard_rows(micro_inputs, d), shard_rows(micro_targets, d)
         with accumulating(model, last=i == len(micro_batches) - 1):  # DDP/FSDP: sync at the last
             with runtime.autocast():
-                logits = model(inputs)  # (b, T, V)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                logits = model(micro_inputs)  # (b, T, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), micro_targets.flatten(),
                                    ignore_index=IGNORE_INDEX, reduction="sum") / valid
             # ranks average gradients: scaled by world_size, the average is the global sum
             scaled = (loss * d.world_size if d.enabled else loss) / len(micro_batches)

@@ -46,23 +46,25 @@ def check(cfg: ValidationConfig) -> list[Problem]:
 @torch.no_grad()
 def evaluate(model, batches: Iterable[torch.Tensor], byte_lengths: torch.Tensor, device: torch.device,
              pad_id: int | None = None, autocast=None) -> dict:
-    """Metrics over every batch; ``byte_lengths[v]`` is the UTF-8 byte count token v stands for."""
+    """Metrics over every batch; ``byte_lengths[v]`` is the UTF-8 byte count token v stands for.
+    The sums stay on the device (float64) and are read back once, at the end: no host sync per batch."""
     was_training = model.training
     model.eval()
     byte_lengths = byte_lengths.to(device)
-    nll = correct = count = n_bytes = 0.0
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # nll, correct, count, bytes
     for batch in batches:
-        inputs, targets = (t.to(device) for t in split_window(batch, pad_id))
+        inputs, targets = split_window(batch.to(device, non_blocking=True), pad_id)
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
             logits = model(inputs)
         logits = logits.float().flatten(0, 1)  # (B*T, V)
         flat = targets.flatten()
         mask = flat != IGNORE_INDEX
-        nll += F.cross_entropy(logits, flat, ignore_index=IGNORE_INDEX, reduction="sum").item()
-        correct += ((logits.argmax(-1) == flat) & mask).sum().item()
-        count += mask.sum().item()
-        n_bytes += byte_lengths[flat[mask]].sum().item()
+        nll = F.cross_entropy(logits, flat, ignore_index=IGNORE_INDEX, reduction="sum")
+        correct = ((logits.argmax(-1) == flat) & mask).sum()
+        n_bytes = torch.where(mask, byte_lengths[flat.clamp(min=0)], 0).sum()
+        sums += torch.stack([nll.double(), correct.double(), mask.sum().double(), n_bytes.double()])
     model.train(was_training)
+    nll, correct, count, n_bytes = sums.tolist()
     if count == 0:
         return {}
     loss = nll / count
