@@ -14,7 +14,7 @@ is decided here:
   in left-truncated windows) is one right-padded ``forward`` row per window: the models are causal,
   so padding after a sequence never changes its real positions.
 * **Token budget.** Rows are sorted longest first and a batch holds as many as fit ``max_batch_tokens``
-  (padded tokens; for the shared path the transformer's whole preallocated cache per row), at most
+  (padded tokens; for the shared path the cache slots per row, sized to the batch), at most
   ``batch_size``: short requests share big batches, long ones never exhaust memory (the logits alone
   are tokens x vocabulary x 4 bytes).
 * **No per-request Python in the hot path.** Every job's tokens live in one flat tensor; a batch is
@@ -190,12 +190,12 @@ class SequenceScorer:
         first = torch.tensor([0] + [len(m) for m in members]).cumsum(0)  # group g: conts first[g]:first[g+1]
         flat_conts = _Flat(conts)
         longest = [max(len(seqs[i][0]) - seqs[i][1] for i in m) for m in members]
-        limit = self.model.max_seq_len
-        # longest continuation first: the N continuation rows pad to it, the few context rows matter less
-        order = sorted(range(len(shared)), key=lambda g: (-longest[g], -len(shared[g][0])))
+        # longest context first: a batch's contexts are left-padded to its longest, and every
+        # continuation attends over that width (continuations are sorted by length per batch)
+        order = sorted(range(len(shared)), key=lambda g: (-len(shared[g][0]), -longest[g]))
 
-        def width(batch: list[int]) -> int:  # cache slots per row: all of them for a transformer
-            return limit or max(len(shared[g][0]) for g in batch) + max(longest[g] for g in batch)
+        def width(batch: list[int]) -> int:  # cache slots per row: longest context + continuation
+            return max(len(shared[g][0]) for g in batch) + max(longest[g] for g in batch) - 1
 
         owners = torch.tensor([i for m in members for i in m], dtype=torch.long)
         for batch in self._shared_batches(order, members, width, shared, longest):
@@ -225,10 +225,11 @@ class SequenceScorer:
         fan = torch.repeat_interleave(torch.arange(len(batch)), counts)  # context row of each
         rows = first[groups][fan] + torch.arange(len(fan)) - (torch.cumsum(counts, 0) - counts)[fan]
         owners = owners[rows]
-        state = self.model.init_state(len(batch))
+        n_t = conts.lengths[rows]
+        # only the slots this batch fills: fanning out and masking a max_seq_len cache costs more
+        state = self.model.init_state(len(batch), capacity=tokens.shape[1] + int(n_t.max()) - 1)
         with self.autocast():
             logits, state = self._step(tokens, state, pads)
-        n_t = conts.lengths[rows]
         # each continuation's first token, predicted by its context's last position
         _sums(logits[:, -1][fan.to(self.device)], conts.tokens[conts.starts[rows]].to(self.device),
               owners.to(self.device), totals, misses)

@@ -154,8 +154,8 @@ class ContextVectorLM(nn.Module):
         n = self.num_params() - self.config.vocab_size * self.config.embed_dim
         return 6 * n, "6N (N = params excluding the input embedding; each weight is used once per token)"
 
-    def init_state(self, batch_size: int) -> Tensor:
-        """The empty context: zeros (B, C) on the model's device and dtype."""
+    def init_state(self, batch_size: int, capacity: int | None = None) -> Tensor:
+        """The empty context: zeros (B, C) on the model's device and dtype (any length: no capacity)."""
         w = self.head.weight
         return torch.zeros(batch_size, self.config.context_dim, device=w.device, dtype=w.dtype)
 

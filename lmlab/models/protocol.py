@@ -27,8 +27,9 @@ class LanguageModel(Protocol):
         """(B, T) int64 token ids -> (B, T, V) logits for the next token at every position."""
         ...
 
-    def init_state(self, batch_size: int) -> Any:
-        """Empty decoding state for ``batch_size`` sequences, on the model's device."""
+    def init_state(self, batch_size: int, capacity: int | None = None) -> Any:
+        """Empty decoding state for ``batch_size`` sequences, on the model's device, for at most
+        ``capacity`` tokens in all (None: as many as the model takes; a recurrent state ignores it)."""
         ...
 
     def step(self, tokens: Tensor, state: Any, pad_mask: Tensor | None = None) -> tuple[Tensor, Any]:

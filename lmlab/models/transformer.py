@@ -279,6 +279,8 @@ class Transformer(nn.Module):
         pos = caches.pos if caches is not None else 0
         if pos + T > self.config.max_seq_len:
             raise ValueError(f"sequence end {pos + T} exceeds max_seq_len {self.config.max_seq_len}")
+        if caches is not None and caches.k and pos + T > caches.k[0].shape[2]:
+            raise ValueError(f"sequence end {pos + T} exceeds the cache's {caches.k[0].shape[2]} slots")
         mask = None
         if caches is not None and (pad_mask is not None or caches.pads is not None):
             cos, sin, mask = self._padded_positions(caches, tokens.shape[0], T, pad_mask)  # per row
@@ -301,7 +303,8 @@ class Transformer(nn.Module):
         every query sees its own slot (so a pad query's softmax is never empty: no NaN anywhere)."""
         pos, device = cache.pos, self.rope_cos.device
         if cache.pads is None:  # the first padded step: every earlier slot was a real token
-            cache.pads = torch.zeros(B, self.config.max_seq_len, dtype=torch.bool, device=device)
+            slots = cache.k[0].shape[2] if cache.k else self.config.max_seq_len
+            cache.pads = torch.zeros(B, slots, dtype=torch.bool, device=device)
             cache.lengths = torch.full((B,), pos, dtype=torch.long, device=device)
         new = pad_mask.to(device=device, dtype=torch.bool) if pad_mask is not None else \
             torch.zeros(B, T, dtype=torch.bool, device=device)
@@ -319,13 +322,16 @@ class Transformer(nn.Module):
         """(B, T) int64 token ids -> (B, T, V) next-token logits."""
         return self._run(tokens, None)
 
-    def init_state(self, batch_size: int) -> KVCache:
-        """Empty KV cache: 2L zero tensors (B, K, max_seq_len, Hd) on the parameters' device/dtype."""
+    def init_state(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """Empty KV cache: 2L zero tensors (B, K, S, Hd) on the parameters' device/dtype, S =
+        ``capacity`` tokens (at most max_seq_len, the default): a caller that knows how long its
+        sequences get (scoring) allocates, fans out and masks only that many slots."""
         attn = self.layers[0].attention if len(self.layers) else None
         n_kv = attn.n_kv_heads if attn is not None else 0
         head_dim = attn.head_dim if attn is not None else 0
         weight = self.tok_embeddings.weight
-        shape = (batch_size, n_kv, self.config.max_seq_len, head_dim)
+        slots = self.config.max_seq_len if capacity is None else min(capacity, self.config.max_seq_len)
+        shape = (batch_size, n_kv, slots, head_dim)
 
         def zeros() -> Tensor:
             return torch.zeros(shape, device=weight.device, dtype=weight.dtype)

@@ -160,6 +160,24 @@ def test_step_past_max_seq_len_raises():
             model.step(torch.zeros(1, 1, dtype=torch.long), state)
 
 
+def test_a_cache_of_fewer_slots_gives_the_same_logits_and_refuses_to_overflow():
+    model = tiny_model()
+    tokens = torch.randint(0, 61, (3, 10), generator=torch.Generator().manual_seed(3))
+    pads = torch.zeros(3, 6, dtype=torch.bool)
+    pads[0, :2] = True  # a left-padded row: the pads record must fit the small cache too
+    with torch.no_grad():
+        full, small = model.init_state(3), model.init_state(3, capacity=10)
+        assert small.k[0].shape[2] == 10 and full.k[0].shape[2] == 32
+        logits = []
+        for state in (full, small):
+            a, _ = model.step(tokens[:, :6], state, pad_mask=pads)
+            b, _ = model.step(tokens[:, 6:], state)
+            logits.append(torch.cat([a, b], 1)[1:])  # the rows without pads
+        torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match="10 slots"):
+            model.step(tokens[:, :1], small)
+
+
 def test_invalid_configs_raise():
     with pytest.raises(ValueError):
         Transformer(tiny_config(vocab_size=0))
