@@ -5,10 +5,12 @@ Adding a family: write ``models/<family>.py`` (a config dataclass with a ``name`
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
 from lmlab.errors import Problem
 from lmlab.models import hf_llama
@@ -48,9 +50,28 @@ def build_model(cfg: Any) -> LanguageModel:
     return MODELS[cfg.name].model_class(cfg)
 
 
+# nn.init's in-place initialisers, which the modules' constructors call
+_INITIALISERS = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "ones_", "zeros_", "constant_")
+
+
+@contextlib.contextmanager
+def _initialisers_skipped():
+    """``torch.nn.init``'s initialisers as no-ops, for building on the meta device: there they have
+    no storage to fill, but their meta decompositions import torch._dynamo on first use (2-3 s),
+    which would double the time of `lmlab check` and of every refused command."""
+    saved = {name: getattr(nn.init, name) for name in _INITIALISERS}
+    for name in _INITIALISERS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
 def build_on_meta(cfg: Any) -> LanguageModel:
     """The model with shapes but no storage: instant, for parameter counts and shape checks."""
-    with torch.device("meta"):
+    with torch.device("meta"), _initialisers_skipped():
         return build_model(cfg)
 
 

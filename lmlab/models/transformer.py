@@ -95,10 +95,13 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, 
     """cos/sin tables, each (max_seq_len, Hd), for the rotate-half form of RoPE.
 
     Channel i and i + Hd/2 form one rotating pair with frequency theta^(-2i/Hd); the two halves
-    of each table are identical so they multiply a whole head vector at once.
+    of each table are identical so they multiply a whole head vector at once. Computed on the CPU
+    whatever the default device (a model built on the meta device gets real tables, and no meta
+    decomposition, whose first use imports torch._dynamo, runs).
     """
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (Hd/2,)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, Hd/2)
+    cpu = torch.device("cpu")
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=cpu) / head_dim)  # (Hd/2,)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32, device=cpu), inv_freq)  # (T, Hd/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, Hd)
     return angles.cos(), angles.sin()
 
