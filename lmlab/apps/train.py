@@ -133,8 +133,8 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
     console = Console(cfg.logging.progress_bar, enabled=d.is_main)
     resume = _main_first(d, lambda: _prepare_run_dir(run_dir, console, d))
     with events.phase("data"):
-        data = _main_first(d, lambda: build_data(cfg, run_dir))
-        data.bad_records.attach(_bad_record_reporter(events, console))  # also those met so far
+        # bad records are reported as they are met, also when their count stops the preparation
+        data = _main_first(d, lambda: build_data(cfg, run_dir, _bad_record_reporter(events, console)))
         for found in data.yields:  # tokens / windows per source (none is zero: refused above)
             console.line(found.line())
             events.emit("data_yield", **found.record())
@@ -150,7 +150,9 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
     with events.phase("build"):
         parts = build_parts(cfg, data.tokenizer.vocab_size, runtime, d, resume and resume.checkpoint)
         state = restore(parts, data.train, resume, d) if resume else TrainState()
-        data.train = read_ahead(data.train, cfg.data.prefetch, runtime.device, data.bad_records)
+        last = min(data.total_steps, cfg.training.stop_at or data.total_steps)  # this invocation's
+        data.train = read_ahead(data.train, cfg.data.prefetch, runtime.device, data.bad_records,
+                                limit=last - state.step)
         if d.rank > 0 and not resume:
             torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout draws (rank 0 as alone)
         if resume:

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import torch
 
 from lmlab.data import loader, sources, wikitext, yields
-from lmlab.data.badrecords import BadRecords, warn
+from lmlab.data.badrecords import BadRecords, OnRecord, warn
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.rundir import TOKENIZER_FILE
@@ -75,11 +75,12 @@ def _check_same_tokenizer(cfg, tokenizer: Tokenizer, saved: Path) -> None:
             f"trained with). Fix: set data.tokenizer.name={tokenizer.name} to resume, {new_run}.")
 
 
-def build_data(cfg, run_dir: Path) -> RunData:
+def build_data(cfg, run_dir: Path, on_record: OnRecord | None = None) -> RunData:
     """Tokenizer, training loader and validation batches of run config ``cfg``. The bad records
-    skipped meanwhile wait in ``bad_records`` for the application to ``attach`` its reporting."""
+    skipped meanwhile go to ``on_record`` as they are met (also those of a preparation that goes
+    over the budget and stops); without it they wait in ``bad_records`` for ``attach``."""
     data = cfg.data
-    bad = BadRecords(sources.bad_record_budget(data))
+    bad = BadRecords(sources.bad_record_budget(data), on_record)
     steps_per_epoch = 0
     if data.source == "wikitext2":
         # epoch mode (or step mode over epochs) on fixed (N, seq_len) word sequences

@@ -107,6 +107,25 @@ def test_no_budget_stops_with_a_checkpoint(corpus, tmp_path, capsys):
     assert f"resuming {run} from checkpoint {saved.name}" in out and f"finished after {STEPS} steps" in out
 
 
+def test_records_that_stop_the_data_preparation_are_events_too(tmp_path, capsys):
+    """The validation file is read whole while the data is prepared: over the budget there, the
+    records are still each a ``bad_record`` event, not only lines of the error message."""
+    root = tmp_path / "data"
+    (root / "s").mkdir(parents=True)
+    (root / "s" / "s.chunk.00.jsonl").write_text(json.dumps({"text": "train text. " * 40}) + "\n")
+    lines = [json.dumps({"text": f"held out doc {i}. " * 20}) for i in range(1, 21)]
+    lines[2], lines[6] = '{"text": "cut', '{"txt": "a typo in the key"}'
+    (root / "s" / "s.val.jsonl").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    code = main(train(root, run, "data.max_bad_records=1"))
+    err = capsys.readouterr().err
+    assert code == 2 and "Stopped while reading the validation data" in err, err
+    skipped = [(e["file"], e["line"]) for e in rundir.read_jsonl(run / rundir.EVENTS_FILE)
+               if e["event"] == "bad_record"]
+    assert skipped == [(str(root / "s" / "s.val.jsonl"), 3), (str(root / "s" / "s.val.jsonl"), 7)]
+    assert rundir.latest_checkpoint(run) is None
+
+
 def test_check_data_lists_the_line(corpus, tmp_path, capsys):
     code, out, err = timed(capsys, "lmlab check --data", ["check", str(CONFIGS / "debug.yaml"), *RUN,
                                                           f"data.root_dir={corpus}", f"dump_dir={tmp_path / 'r'}",

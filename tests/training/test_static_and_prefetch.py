@@ -95,6 +95,15 @@ def test_the_prefetcher_hands_out_the_loaders_batches_with_the_position_after_ea
     ahead.close()
 
 
+def test_no_batch_is_read_past_the_limit_and_more_are_still_served():
+    inner = _Counter()
+    ahead = Prefetcher(inner, depth=4, limit=3)
+    assert [int(ahead.next_batch()[0, 0]) for _ in range(3)] == [0, 1, 2]
+    ahead._thread.join(timeout=5)
+    assert inner.k == 3 and ahead.state_dict() == {"k": 3}  # nothing read ahead past the 3
+    assert int(ahead.next_batch()[0, 0]) == 3 and ahead.state_dict() == {"k": 4}  # asked for more: read in turn
+
+
 def test_a_loader_error_reaches_the_consumer_at_its_batch_and_the_thread_ends():
     ahead = Prefetcher(_Counter(fail_at=2), depth=4)
     ahead.next_batch(), ahead.next_batch()
