@@ -62,3 +62,13 @@ def run_lmlab(*args: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     return subprocess.run([sys.executable, "-m", "lmlab", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+def write_piqa(data_dir: Path, n: int = 12) -> Path:
+    """A small file set in the upstream PIQA layout (goal, sol1, sol2 + a labels file)."""
+    folder = data_dir / "piqa"
+    folder.mkdir(parents=True)
+    docs = [{"goal": f"How do I open jar {i}?", "sol1": "Twist the lid.", "sol2": "Eat the lid."} for i in range(n)]
+    (folder / "valid.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / "valid-labels.lst").write_text("0\n" * n)
+    return data_dir

@@ -11,7 +11,6 @@ import socket
 from pathlib import Path
 
 import pytest
-import torch
 
 from badinput import Case, Ctx, build_base, run_case, snapshot, train_argv
 from lmlab import rundir
@@ -20,13 +19,7 @@ from lmlab.runlock import RunLock
 HELD: list[RunLock] = []  # locks a case's setup holds, released after the case
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models train several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -150,9 +150,8 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
     with events.phase("build"):
         parts = build_parts(cfg, data.tokenizer.vocab_size, runtime, d, resume and resume.checkpoint)
         state = restore(parts, data.train, resume, d) if resume else TrainState()
-        last = min(data.total_steps, cfg.training.stop_at or data.total_steps)  # this invocation's
         data.train = read_ahead(data.train, cfg.data.prefetch, runtime.device, data.bad_records,
-                                limit=last - state.step)
+                                limit=max(cfg.training.last_step(data.total_steps) - state.step, 0))
         if d.rank > 0 and not resume:
             torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout draws (rank 0 as alone)
         if resume:

@@ -193,24 +193,21 @@ class SequenceScorer:
         # longest context first: a batch's contexts are left-padded to its longest, and every
         # continuation attends over that width (continuations are sorted by length per batch)
         order = sorted(range(len(shared)), key=lambda g: (-len(shared[g][0]), -longest[g]))
-
-        def width(batch: list[int]) -> int:  # cache slots per row: longest context + continuation
-            return max(len(shared[g][0]) for g in batch) + max(longest[g] for g in batch) - 1
-
         owners = torch.tensor([i for m in members for i in m], dtype=torch.long)
-        for batch in self._shared_batches(order, members, width, shared, longest):
+        for batch in self._shared_batches(order, members, shared, longest):
             self._score_shared_batch(batch, contexts, flat_conts, first, owners, totals, misses)
             bar.update(sum(len(members[g]) for g in batch))
 
-    def _shared_batches(self, order, members, width, shared, longest) -> list[list[int]]:
+    def _shared_batches(self, order, members, shared, longest) -> list[list[int]]:
         """Groups in batches of at most ``batch_size`` continuations and ``max_batch_tokens`` cache
-        tokens whose longest context plus longest continuation fits the transformer's slots."""
+        slots (per row: the longest context plus the longest continuation, which must fit the
+        transformer's context)."""
         limit, batches, batch = self.model.max_seq_len, [], []
         for g in order:
             grown = batch + [g]
             rows = sum(len(members[x]) for x in grown)
             slots = max(len(shared[x][0]) for x in grown) + max(longest[x] for x in grown) - 1
-            if batch and (rows > self.batch_size or width(grown) * rows > self.max_batch_tokens
+            if batch and (rows > self.batch_size or slots * rows > self.max_batch_tokens
                           or (limit is not None and slots > limit)):
                 batches.append(batch)
                 grown = [g]

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers import CONFIGS, TINY_TRANSFORMER
 from lmlab import rundir
@@ -33,13 +32,7 @@ RUN = [*TINY_TRANSFORMER, "data.seq_len=32", "data.batch_size=2", "logging.every
        "optim.warmup=20", "data.sources={s: 1}"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a busy 2-core machine: one thread each (as tests/training/test_kill_resume.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

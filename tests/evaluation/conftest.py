@@ -18,13 +18,8 @@ from lmlab.rundir import resolve_checkpoint
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: a second intra-op thread buys nothing, and on a shared, busy 2-core
-    machine its spin-waiting made single-token forwards up to 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every evaluation test on one thread (tests/conftest.py says why)."""
 
 
 @pytest.fixture(scope="session")

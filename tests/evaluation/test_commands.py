@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, SHARED_DATA, TINY_TRANSFORMER, data_overrides
+from helpers import CONFIGS, SHARED_DATA, TINY_TRANSFORMER, data_overrides, write_piqa
 from lmlab.cli import main
 from lmlab.evaluation.generation import generate
 from lmlab.reports.status import read_events, run_status
@@ -18,16 +18,6 @@ TINY = [*TINY_TRANSFORMER, "data.seq_len=64", "steps=6", "checkpoint.every=3", "
 
 def train(run: Path, root: Path, *extra: str) -> int:
     return main(["train", str(CONFIGS / "debug.yaml"), *TINY, *data_overrides(root), f"dump_dir={run}", *extra])
-
-
-def write_piqa(data_dir: Path, n: int = 12) -> Path:
-    """A small file set in the upstream PIQA layout (goal, sol1, sol2 + a labels file)."""
-    folder = data_dir / "piqa"
-    folder.mkdir(parents=True)
-    docs = [{"goal": f"How do I open jar {i}?", "sol1": "Twist the lid.", "sol2": "Eat the lid."} for i in range(n)]
-    (folder / "valid.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (folder / "valid-labels.lst").write_text("0\n" * n)
-    return data_dir
 
 
 @pytest.fixture(scope="module")

@@ -35,17 +35,12 @@ def tiny_args(root: Path, run: Path, *extra: str) -> list[str]:
             f"dump_dir={run}", *QUIET, *extra]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def start(args: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env["OMP_NUM_THREADS"] = "1"  # as _one_thread in this process
+    env["OMP_NUM_THREADS"] = "1"  # as the one_thread fixture in this process
     return subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
