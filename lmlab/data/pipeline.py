@@ -100,7 +100,7 @@ def build_data(cfg, run_dir: Path, on_record: OnRecord | None = None) -> RunData
         found = [yields.training_yield(s, tokenizer, data.seq_len, _source_key(data, s.name))
                  for s in train_sources]
         train = loader.PackedLoader(train_sources, tokenizer, data.batch_size, data.seq_len, cfg.seed,
-                                    data.shuffle, bad_records=bad)
+                                    data.shuffle, bad_records=bad, block_docs=data.shuffle_buffer)
         total = cfg.steps
     val = build_validation(cfg, tokenizer, bad)
     if cfg.eval.validation.enabled:

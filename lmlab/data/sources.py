@@ -1,8 +1,7 @@
 """Where text comes from: Lingua-layout jsonl sources, plain text files, the bundled Tiny Shakespeare.
 
-A *source* is a list of files; a *file* is a list of documents found by byte spans, so a document
-can be read at random (for seeded shuffling) without loading the file, and a loader position is
-three small integers.
+A *source* is a list of files; a *file* is read front to back as documents (``documents.py``), so
+memory does not depend on the corpus size and a loader position is a few small integers.
 
 Lingua layout: ``root_dir/<source>/*.chunk.*.jsonl`` for training and ``root_dir/<source>/*.val.jsonl``
 for validation, one JSON object with a ``text`` field per line.
@@ -10,19 +9,14 @@ for validation, one JSON object with a ``text`` field per line.
 from __future__ import annotations
 
 import gzip
-import json
-import mmap
 import os
-import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
 from lmlab.data import wikitext
-from lmlab.data.badrecords import CHECK_HINT, BadRecords, warn
+from lmlab.data.badrecords import BadRecords
+from lmlab.data.documents import DocumentFile, bad_line_what, parse_record  # noqa: F401 (re-exported)
 from lmlab.data.tokenizers import TokenizerConfig
 from lmlab.errors import LmlabError, Problem
 
@@ -52,7 +46,12 @@ class DataConfig:
         "help": "Sequences per optimizer step (split into training.grad_accum micro-batches)."})
     seq_len: int = field(default=1024, metadata={"help": "Tokens per training sequence."})
     shuffle: bool = field(default=True, metadata={
-        "help": "Visit files and documents in a seeded random order each epoch of the data."})
+        "help": "Visit files in a seeded random order each pass over the data, and documents in a "
+                "seeded order within each block of data.shuffle_buffer documents."})
+    shuffle_buffer: int = field(default=1024, metadata={
+        "help": "Documents read together (in file order, at most 64 MiB) and visited in a seeded "
+                "random order: files are read front to back, so memory stays this size whatever "
+                "the corpus. Larger mixes better; 1 keeps file order."})
     max_bad_records: int = field(default=100, metadata={
         "help": "Bad records (a line that is not a JSON object with a 'text' string, or not UTF-8) "
                 "a run may skip: each is skipped, counted and recorded (file:line in events.jsonl, "
@@ -68,139 +67,6 @@ class DataConfig:
                 "null: auto (2 on CUDA, 0 on CPU, where the thread would take a core from the step)."})
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig, metadata={
         "help": "Tokenizer."})
-
-
-# --------------------------------------------------------------------------- documents
-
-
-class DocumentFile:
-    """One file seen as documents: jsonl lines (``text`` field) or blank-line separated paragraphs.
-
-    A bad record (a line that is not a JSON object with a ``text`` string, or not UTF-8) raises an
-    error naming ``file:line``, or, with ``bad`` (a run's ``BadRecords``), is skipped and counted.
-    """
-
-    def __init__(self, name: str, data: bytes | mmap.mmap, kind: str, bad: BadRecords | None = None):
-        self.name, self.data, self.kind, self.bad = name, data, kind, bad
-
-    @classmethod
-    def open(cls, path: Path, skip_bad_lines: bool = False, bad: BadRecords | None = None) -> "DocumentFile":
-        """``skip_bad_lines`` without ``bad``: skip every bad record, warning at the first."""
-        kind = "jsonl" if path.name.endswith(".jsonl") else "text"
-        bad = bad if bad is not None or not skip_bad_lines else BadRecords(None, warn)
-        with open(path, "rb") as handle:
-            if path.stat().st_size == 0:
-                return cls(str(path), b"", kind, bad)
-            data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        return cls(str(path), data, kind, bad)
-
-    @property
-    def bad_lines(self) -> int:
-        """Distinct bad records of this file skipped so far."""
-        return self.bad.per_file.get(self.name, 0) if self.bad is not None else 0
-
-    @cached_property
-    def spans(self) -> np.ndarray:
-        """(n_docs, 3) int64: byte start, byte end, 1-based line number of each document."""
-        return _jsonl_spans(self.data) if self.kind == "jsonl" else _paragraph_spans(self.data)
-
-    def __len__(self) -> int:
-        return len(self.spans)
-
-    def text(self, index: int) -> str | None:
-        """Document ``index`` as text; None for a bad record that ``bad`` lets us skip."""
-        try:
-            return self._read(index)
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-            line = int(self.spans[index][2])
-            if self.bad is None:
-                raise LmlabError(_bad_line_message(self.name, line, err)) from None
-            self.bad.add(self.name, line, bad_line_what(err))
-            return None
-
-    def peek(self, index: int) -> str | None:
-        """Document ``index``, or None for a bad record, which is left for ``text`` to report."""
-        try:
-            return self._read(index)
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
-            return None
-
-    def is_bad_line(self, line: int) -> bool:
-        """Whether 1-based ``line`` holds a document that cannot be read."""
-        index = int(np.searchsorted(self.spans[:, 2], line))
-        return index < len(self) and int(self.spans[index][2]) == line and self.peek(index) is None
-
-    def size(self, index: int) -> int:
-        start, end, _ = self.spans[index]
-        return int(end - start)
-
-    def _read(self, index: int) -> str:
-        start, end, _ = (int(x) for x in self.spans[index])
-        raw = bytes(self.data[start:end])
-        return parse_record(raw) if self.kind == "jsonl" else raw.decode("utf-8")
-
-    def texts(self):
-        """Every document in file order."""
-        for i in range(len(self)):
-            text = self.text(i)
-            if text is not None:
-                yield text
-
-
-def parse_record(raw: bytes | str) -> str:
-    """The ``text`` of one jsonl line; raises UnicodeDecodeError, ValueError (bad JSON), KeyError
-    (no ``text``) or TypeError (not an object, or ``text`` not a string): ``bad_line_what`` says it."""
-    record = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-    text = record["text"]  # a list or a number raises TypeError here
-    if not isinstance(text, str):  # e.g. {"text": 5} or {"text": null}
-        raise TypeError(f"'text' is {type(text).__name__}")
-    return text
-
-
-def _bad_line_message(name: str, line: int, err: Exception) -> str:
-    return (f"{name}:{line}: {bad_line_what(err)}. Fix the line ({CHECK_HINT}), or let training "
-            "skip and count such lines up to data.max_bad_records (data.skip_bad_lines=true: no limit).")
-
-
-def bad_line_what(err: Exception) -> str:
-    if isinstance(err, UnicodeDecodeError):
-        what = f"bytes that are not UTF-8 at offset {err.start}"
-    elif isinstance(err, KeyError):
-        what = "no 'text' field"
-    elif isinstance(err, TypeError):
-        what = "not a JSON object with a 'text' string"
-    else:
-        what = f"malformed JSON ({err})"
-    return what
-
-
-def _jsonl_spans(data) -> np.ndarray:
-    buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(0, np.uint8)
-    newlines = np.flatnonzero(buf == 10)
-    starts = np.concatenate([[0], newlines + 1])
-    ends = np.concatenate([newlines, [len(buf)]])
-    lines = np.arange(1, len(starts) + 1)
-    keep = ends > starts
-    # drop whitespace-only lines (e.g. a lone "\r"); only short lines can be, so check just those
-    for i in np.flatnonzero(keep & (ends - starts <= 8)):
-        keep[i] = bool(bytes(data[starts[i]:ends[i]]).strip())
-    return np.stack([starts[keep], ends[keep], lines[keep]], axis=1).astype(np.int64)
-
-
-_PARAGRAPH_BREAK = re.compile(rb"\n(?:[ \t\r]*\n)+")
-
-
-def _paragraph_spans(data) -> np.ndarray:
-    spans, start, line = [], 0, 1
-    raw = bytes(data)
-    for match in _PARAGRAPH_BREAK.finditer(raw):
-        if raw[start:match.start()].strip():
-            spans.append((start, match.start(), line))
-        line += raw.count(b"\n", start, match.end())
-        start = match.end()
-    if raw[start:].strip():
-        spans.append((start, len(raw), line))
-    return np.array(spans, dtype=np.int64).reshape(-1, 3)
 
 
 # --------------------------------------------------------------------------- sources
@@ -274,7 +140,7 @@ def bundled_file(split: str) -> DocumentFile:
     lines = text.splitlines(keepends=True)
     cut = int(len(lines) * _TRAIN_FRACTION)
     part = b"".join(lines[:cut] if split == "train" else lines[cut:])
-    return DocumentFile(f"<bundled {_BUNDLED} {split}>", part, "text")
+    return DocumentFile(f"<bundled {_BUNDLED} {split}>", "text", data=part)
 
 
 # --------------------------------------------------------------------------- preflight
@@ -290,6 +156,9 @@ def check(cfg: DataConfig, validation_enabled: bool) -> list[Problem]:
     if cfg.max_bad_records < 0:
         problems.append(Problem("data.max_bad_records", f"must be >= 0, got {cfg.max_bad_records}.",
                                 "set data.max_bad_records=0 (stop at the first bad record) or more"))
+    if cfg.shuffle_buffer < 1:
+        problems.append(Problem("data.shuffle_buffer", f"must be >= 1, got {cfg.shuffle_buffer}.",
+                                "set data.shuffle_buffer=1024 (or 1 to keep file order)"))
     if cfg.prefetch is not None and cfg.prefetch < 0:
         problems.append(Problem("data.prefetch", f"must be >= 0 or null, got {cfg.prefetch}.",
                                 "set data.prefetch=0 (no read-ahead) or null (auto)"))

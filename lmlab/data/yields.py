@@ -68,7 +68,7 @@ def _names(files: list[str]) -> str:
 
 
 def _file_bytes(source: Source) -> int:
-    return sum(len(f.data) for f in source.files)
+    return sum(f.size for f in source.files)
 
 
 def training_yield(source: Source, tokenizer: Tokenizer, seq_len: int, key: str,
@@ -79,15 +79,15 @@ def training_yield(source: Source, tokenizer: Tokenizer, seq_len: int, key: str,
     complete = True
     batch: list[str] = []
     for doc_file in source.files:
-        for i in range(len(doc_file)):
+        for record in doc_file.records():
             if len(batch) >= 256 or read >= sample_bytes:
                 tokens += sum(len(ids) for ids in encode_batch(tokenizer, batch))
                 batch = []
             if read >= sample_bytes and tokens:  # enough for an estimate (and not zero)
                 complete = False
                 break
-            text = doc_file.peek(i)
-            read += doc_file.size(i)
+            text = doc_file.peek(record)
+            read += len(record.raw)
             if text is None:
                 bad += 1
                 continue

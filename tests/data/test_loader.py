@@ -81,7 +81,10 @@ def test_text_paragraphs_are_documents(tmp_path):
     path.write_text("first para\nline two\n\n\nsecond\n  \nthird\n")
     doc = DocumentFile.open(path)
     assert list(doc.texts()) == ["first para\nline two", "second", "third\n"]
-    assert [int(x) for x in doc.spans[:, 2]] == [1, 5, 7]
+    assert [r.line for r in doc.records()] == [1, 5, 7]
+    # reading on from any record's end position gives the rest, as from the start
+    records = list(doc.records())
+    assert [r.raw for r in doc.records(records[0].end, records[0].next_line)] == [r.raw for r in records[1:]]
 
 
 def test_malformed_json_names_file_and_line(tmp_path):

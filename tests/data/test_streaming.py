@@ -1,0 +1,167 @@
+"""The streaming reader: files read front to back in blocks, exact resume at any batch, memory that
+does not grow with the file, and a file changed under a run stopped rather than trained on."""
+from __future__ import annotations
+
+import json
+import re
+import tracemalloc
+
+import pytest
+import torch
+
+from helpers import CONFIGS, TINY_TRANSFORMER, toy_texts, write_jsonl
+from lmlab import rundir
+from lmlab.cli import main
+from lmlab.data import loader as loader_module
+from lmlab.data.documents import DataChanged, DocumentFile
+from lmlab.data.loader import PackedLoader
+from lmlab.data.sources import DataConfig, training_sources
+from lmlab.data.tokenizers import ByteTokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def corpus(root, bad_line: int | None = None):
+    """Source 's': three files of 7, 11 and 5 documents (one line bad when asked)."""
+    for i, n in enumerate((7, 11, 5)):
+        write_jsonl(root / "s" / f"s.chunk.{i:02d}.jsonl", toy_texts(f"f{i}", n, seed=i))
+    if bad_line is not None:
+        path = root / "s" / "s.chunk.01.jsonl"
+        lines = path.read_text().splitlines(keepends=True)
+        lines[bad_line - 1] = '{"text": "cut off\n'
+        path.write_text("".join(lines))
+    return DataConfig(source="jsonl", root_dir=str(root), sources={"s": 1.0}, skip_bad_lines=True)
+
+
+def make(cfg, block_docs=4, batch=3, seq=16, seed=1):
+    return PackedLoader(training_sources(cfg), ByteTokenizer(), batch, seq, seed, block_docs=block_docs)
+
+
+def test_resume_at_any_batch_gives_the_same_batches(tmp_path):
+    cfg = corpus(tmp_path, bad_line=4)
+    straight = make(cfg)
+    expected = [straight.next_batch() for _ in range(60)]  # several passes over the source
+    for stop in (1, 7, 13, 29, 44):
+        first = make(cfg)
+        for _ in range(stop):
+            first.next_batch()
+        state = json.loads(json.dumps(first.state_dict()))
+        resumed = make(corpus(tmp_path, bad_line=4))
+        resumed.load_state_dict(state)
+        for want in expected[stop:stop + 12]:
+            assert torch.equal(resumed.next_batch(), want), stop
+
+
+def test_each_block_is_a_permutation_of_consecutive_documents(tmp_path):
+    """Documents are read in file order; only a block of them is shuffled (never across the file)."""
+    path = write_jsonl(tmp_path / "s" / "s.chunk.00.jsonl", [f"<{i:03d}>" for i in range(40)])
+    cfg = DataConfig(source="jsonl", root_dir=str(tmp_path), sources={"s": 1.0})
+    stream = make(cfg, block_docs=8, seq=4).streams[0]
+    order = []
+    while len(order) < 40:
+        ids = stream._next_document()
+        order.append(int(bytes(ids[1:-1].tolist())[1:4]))
+    blocks = [order[i:i + 8] for i in range(0, 40, 8)]
+    assert [sorted(b) for b in blocks] == [list(range(i, i + 8)) for i in range(0, 40, 8)]
+    assert order != sorted(order)
+    in_order = make(cfg, block_docs=1, seq=4).streams[0]
+    assert [int(bytes(in_order._next_document()[1:-1].tolist())[1:4]) for _ in range(40)] == list(range(40))
+    assert path.exists()
+
+
+def test_memory_does_not_grow_with_the_file(tmp_path, monkeypatch):
+    """A 24 MB file: a few batches hold a block of documents, never the file or an index of it."""
+    doc = json.dumps({"text": "word " * 200}) + "\n"
+    path = tmp_path / "s" / "s.chunk.00.jsonl"
+    path.parent.mkdir()
+    with open(path, "w") as out:
+        for _ in range(24):
+            out.write(doc * (1_000_000 // len(doc)))
+    cfg = DataConfig(source="jsonl", root_dir=str(tmp_path), sources={"s": 1.0})
+    tracemalloc.start()
+    loader = make(cfg, block_docs=64, batch=8, seq=256)
+    for _ in range(20):
+        loader.next_batch()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4_000_000, peak  # one 1 MiB read block and 64 documents, with room to spare
+
+
+def test_a_file_rewritten_under_the_reader_stops_it_at_its_position(tmp_path):
+    cfg = corpus(tmp_path)
+    loader = make(cfg, block_docs=2)
+    for _ in range(3):
+        loader.next_batch()
+    for path in (tmp_path / "s").glob("*.jsonl"):  # every file: whichever is being read
+        path.write_text(path.read_text()[:50])
+    with pytest.raises(DataChanged, match=r"s\.chunk\.0\d\.jsonl changed size from .* while this run"):
+        for _ in range(30):
+            before = json.dumps(loader.state_dict())
+            loader.next_batch()
+    assert json.dumps(loader.state_dict()) == before  # the position of the last batch served
+
+
+def test_a_repaired_line_moves_offsets_and_the_resume_finds_its_line(tmp_path):
+    cfg = corpus(tmp_path, bad_line=2)
+    straight = make(cfg, block_docs=2)
+    expected = [straight.next_batch() for _ in range(60)]
+    first, stop = make(cfg, block_docs=2), 0
+    stream = first.streams[0]
+    while not (stream.file_index == 1 and stream.block_start[1] > 3):  # past the bad line's block
+        first.next_batch()
+        stop += 1
+    state = json.loads(json.dumps(first.state_dict()))
+    path = tmp_path / "s" / "s.chunk.01.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1] = json.dumps({"text": "repaired, and longer than the broken line was"}) + "\n"
+    path.write_text("".join(lines))
+    resumed = make(cfg, block_docs=2)
+    resumed.load_state_dict(state)
+    # the rest of this pass over the source is what it was (the repaired line is behind it)
+    for want in expected[stop:stop + 10]:
+        assert torch.equal(resumed.next_batch(), want)
+
+
+def test_line_offset_counts_lines_across_read_blocks(tmp_path, monkeypatch):
+    from lmlab.data import documents
+    monkeypatch.setattr(documents, "READ_BYTES", 7)
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(f'{{"text": "{i}"}}\n' for i in range(30)))
+    doc = DocumentFile.open(path)
+    starts = {r.line: sum(len(x) + 1 for x in path.read_bytes().split(b"\n")[: r.line - 1])
+              for r in doc.records()}
+    assert all(doc.line_offset(line) == offset for line, offset in starts.items())
+    assert [r.raw for r in doc.records()] == path.read_bytes().splitlines()
+
+
+def test_a_training_file_changed_during_a_run_stops_it_with_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """Exit 2 naming the file, the last step trained checkpointed, no traceback; then restored,
+    the same command finishes."""
+    root = tmp_path / "data"
+    texts = toy_texts("s", 400)
+    path = write_jsonl(root / "s" / "s.chunk.00.jsonl", texts)
+    write_jsonl(root / "s" / "s.val.jsonl", toy_texts("v", 30))
+    original = path.read_bytes()
+    calls = {"n": 0}
+    real = PackedLoader.next_batch
+
+    def rewriting(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            path.write_bytes(original[: len(original) // 3])
+        return real(self)
+
+    monkeypatch.setattr(PackedLoader, "next_batch", rewriting)
+    monkeypatch.setattr(loader_module, "DEFAULT_BLOCK_DOCS", 8)
+    run = tmp_path / "run"
+    argv = ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, f"data.root_dir={root}",
+            "data.sources={s: 1}", "data.seq_len=32", "data.shuffle_buffer=8", "steps=40",
+            "checkpoint.every=100", f"dump_dir={run}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{path} changed size from" in err and "Traceback" not in err
+    done = int(re.search(r"Stopped after step (\d+), checkpointed", err).group(1))
+    assert done >= 4 and rundir.latest_checkpoint(run).name == rundir.step_name(done)
+    monkeypatch.setattr(PackedLoader, "next_batch", real)
+    path.write_bytes(original)
+    assert main(argv) == 0
