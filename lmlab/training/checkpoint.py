@@ -6,7 +6,9 @@ weights eval and generation read), ``optimizer.pt`` (loaded with ``weights_only=
 
 A checkpoint is written into a temporary directory, fsynced, then renamed into place: a directory
 with a 10-digit name is always complete. Leftover temporary directories from a killed save are
-removed on the next start.
+removed on the next start; a save that fails (a full disk, in whichever words the writer says it)
+removes its own and names the last good checkpoint. A tied tensor is stored once, under the same
+name on one process and on several (``save_model``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmlab.errors import LmlabError, Problem
@@ -91,23 +93,38 @@ def _fresh_dir(path: Path) -> None:
 
 
 def _write_main_parts(tmp: Path, model: nn.Module, whole: dict | None, optimizer, state: dict) -> None:
-    if whole is None:
-        save_model(model, str(tmp / MODEL_FILE))  # stores a tied tensor once
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-    else:
-        save_file(_untied(whole, model), str(tmp / MODEL_FILE))
+    save_model(model, str(tmp / MODEL_FILE), whole)
+    if whole is None and optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
     _fsync_tree(tmp)
 
 
+def save_model(model: nn.Module, filename: str, whole: dict | None = None) -> None:
+    """``model``'s weights (or ``whole``, its state gathered from FSDP shards) as safetensors, each
+    tied tensor once under its first name (``tok_embeddings.weight``), on every path.
+
+    Not safetensors' ``save_model``: that one picks which name of a tied tensor to keep by itself
+    (``output.weight`` for the transformer), so one-process and DDP checkpoints named it
+    differently from FSDP's and tied runs could not be loaded back."""
+    save_file(_untied(model.state_dict() if whole is None else whole, model), filename)
+
+
 def _untied(state: dict, model: nn.Module) -> dict:
-    """A gathered state dict with each tied tensor once (under the name ``save_model`` keeps)."""
+    """A state dict with each tied tensor once, under the first name ``named_parameters`` gives it."""
     first = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         first.setdefault(id(param), name)
     tied = {name for name, param in model.named_parameters(remove_duplicate=False) if first[id(param)] != name}
     return {k: v.contiguous() for k, v in state.items() if k not in tied}
+
+
+# What the writers say when the disk cuts a write short: torch.save's zip writer reports ENOSPC
+# as a RuntimeError ("unexpected pos 315520 vs 315408", errno lost); safetensors as a
+# SafetensorError ("Error while serializing: I/O error: No space left on device (os error 28)").
+_SHORT_WRITE = ("unexpected pos", "write")
+_SERIALIZING = "error while serializing"
+_NEARLY_FULL = 64 << 20  # bytes left after a short write that mean the disk filled up
 
 
 def _attempt(run: bool, action) -> Exception | None:
@@ -116,11 +133,19 @@ def _attempt(run: bool, action) -> Exception | None:
         return None
     try:
         action()
-    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
-        if isinstance(err, RuntimeError) and "write" not in str(err).lower():
+    except (OSError, RuntimeError, SafetensorError) as err:
+        if not _is_write_error(err):
             raise
         return err
     return None
+
+
+def _is_write_error(err: Exception) -> bool:
+    """An OSError, or a writer's own words for one (``_SHORT_WRITE``, ``_SERIALIZING``)."""
+    text = str(err).lower()
+    if isinstance(err, SafetensorError):
+        return _SERIALIZING in text
+    return isinstance(err, OSError) or any(words in text for words in _SHORT_WRITE)
 
 
 def _agree(error: Exception | None, d: Dist, run_dir: Path, tmp: Path, target: Path) -> None:
@@ -133,18 +158,46 @@ def _agree(error: Exception | None, d: Dist, run_dir: Path, tmp: Path, target: P
 def _save_error(run_dir: Path, tmp: Path, target: Path, err: Exception) -> LmlabError:
     """A failed save (disk full, quota, read-only disk): drop the partial copy, keep every earlier
     checkpoint, and say how to go on."""
+    full = _disk_full(err, tmp.parent)  # measured before the partial copy frees its space
     shutil.rmtree(tmp, ignore_errors=True)
-    code = getattr(err, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT) or "space" in str(err).lower():
+    if full:
         why, fix = "the disk is full", f"free disk space on the disk holding {target.parent}"
+    elif "unexpected pos" in str(err):
+        why = "a write was cut short, though the disk has space: a disk quota or a failing disk"
+        fix = f"check your quota (quota -s) and the disk holding {target.parent}, or set dump_dir elsewhere"
     else:
         why, fix = "writing failed", f"make {target.parent} writable (or set dump_dir elsewhere)"
-    reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
     latest = latest_checkpoint(run_dir)
     return LmlabError(
-        f"cannot save checkpoint {target}: {why} ({reason}). The partial save was removed and "
-        f"earlier checkpoints are intact (latest: {latest or 'none'}). Fix: {fix}, then run the same "
-        "command again to resume from the latest checkpoint.")
+        f"cannot save checkpoint {target}: {why} ({_reason(err, full)}). The partial save was removed "
+        f"and earlier checkpoints are intact (latest: {latest or 'none'}). Fix: {fix}, then run the "
+        "same command again to resume from the latest checkpoint.")
+
+
+def _disk_full(err: Exception, folder: Path) -> bool:
+    """ENOSPC or EDQUOT however it is reported; a short write (errno lost) when the disk has next to
+    no space left."""
+    text = str(err).lower()
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "space" in text:
+        return True
+    return "unexpected pos" in text and _free_bytes(folder) < _NEARLY_FULL
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return _NEARLY_FULL  # unknown: not called full
+
+
+def _reason(err: Exception, full: bool) -> str:
+    """The system's words for the failure, not a writer's internals (``[enforce fail at ...]``)."""
+    if getattr(err, "strerror", None):
+        return err.strerror
+    text = (str(err).splitlines() or [type(err).__name__])[0].split("] . ", 1)[-1]
+    if full and "space" not in text.lower():
+        return os.strerror(errno.ENOSPC)
+    return text.split(": ")[-1] if isinstance(err, SafetensorError) else text
 
 
 def link_checkpoint(run_dir: Path, source: Path, name: str) -> Path:
@@ -265,14 +318,16 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
         raise LmlabError(f"checkpoint {file} has tensors this model lacks: {unexpected[:5]}. Fix: "
                          "use the model config the checkpoint was trained with.")
     missing = model.load_state_dict(saved, strict=False).missing_keys
-    _check_missing_are_tied(model, missing, file)
+    _check_missing_are_tied(model, missing, set(saved), file)
 
 
-def _check_missing_are_tied(model: nn.Module, missing: list[str], file: Path) -> None:
-    # safetensors stores a tied tensor once; its other name is legitimately "missing".
+def _check_missing_are_tied(model: nn.Module, missing: list[str], saved: set[str], file: Path) -> None:
+    """A tied tensor is stored once, so its other names are legitimately "missing"; whichever of its
+    names was stored loads it (checkpoints written before ``save_model`` fixed the name hold
+    ``output.weight``, later ones ``tok_embeddings.weight``)."""
     params = dict(model.named_parameters(remove_duplicate=False))
-    unique = {id(p): n for n, p in model.named_parameters()}
-    really_missing = [m for m in missing if m not in params or unique.get(id(params[m])) == m]
+    stored = {id(params[name]) for name in saved if name in params}
+    really_missing = [m for m in missing if m not in params or id(params[m]) not in stored]
     if really_missing:
         raise LmlabError(f"checkpoint {file} lacks tensors {really_missing[:5]}. Fix: use the "
                          "model config the checkpoint was trained with.")

@@ -199,8 +199,11 @@ def test_export_refuses_what_it_cannot_do_and_writes_nothing_half(trained_export
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "mine.txt").write_text("keep me")
-    assert main(["export", str(run), "--out", str(busy)]) == 2
-    assert "--force" in capsys.readouterr().err and (busy / "mine.txt").read_text() == "keep me"
+    for force in ([], ["--force"]):  # not an export: never replaced, and --force is not offered
+        assert main(["export", str(run), "--out", str(busy), *force]) == 2
+        err = capsys.readouterr().err
+        assert "holds what no lmlab export wrote (mine.txt)" in err and "--force" not in err.split("Fix:")[1]
+        assert (busy / "mine.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "empty"]  # no temporary left
 
 
