@@ -2,9 +2,15 @@
 (or of one of its checkpoints), with the run's saved config plus ``KEY=VALUE`` overrides
 (``eval.tasks=...``).
 
-The results are written beside the checkpoint (``eval_results.json``) and appended to the run's
-``metrics.eval.jsonl``; with ``--out DIR`` both go to DIR instead (a read-only run directory, or
-results kept apart). The phase is recorded in the run's ``events.jsonl`` when that can be written.
+The results are written to ``eval_results.json`` (beside ``best/``/``final/``; for a step checkpoint,
+which the run's retention may delete while it still trains, in ``<run>/evals/<step>/``) and
+appended to the run's ``metrics.eval.jsonl``; with ``--out DIR`` both go to DIR instead (a read-only
+run directory, or results kept apart). The phase is recorded in the run's ``events.jsonl`` when that
+can be written.
+
+A run still training may delete or republish the chosen checkpoint at any moment: its files are
+held open from the start (``loading.hold_checkpoint``), and one deleted before that is replaced by
+the run's newest when a run directory was passed (said on stderr), else refused with the fix.
 
 Nothing computed is lost: the folders are probed before the model is loaded (an unwritable one is
 refused with the ``--out`` fix), the results are printed before they are written, and a write that
@@ -13,6 +19,7 @@ still fails prints them as JSON too and exits with code 2, saying where they are
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from lmlab.atomic import unwritable
@@ -20,25 +27,28 @@ from lmlab.config import RunConfig, load_config_collecting
 from lmlab.data import sources
 from lmlab.errors import ConfigError, LmlabError, Problem
 from lmlab.evaluation.config import check
-from lmlab.evaluation.loading import load_for_eval, saved_config_file
-from lmlab.evaluation.results import format_rows, results_json, write_results
+from lmlab.evaluation.loading import LoadedRun, load_for_eval, named_file_id, saved_config_file
+from lmlab.evaluation.results import format_rows, results_dir, results_json, write_results
 from lmlab.evaluation.runner import run_evaluation
 from lmlab.evaluation.samples import greedy_samples, write_samples
 from lmlab.preflight import device_problems
 from lmlab.reports.config import check as check_report
-from lmlab.rundir import EVAL_METRICS_FILE, EVAL_RESULTS_FILE, resolve_checkpoint
+from lmlab.rundir import EVAL_METRICS_FILE, EVAL_RESULTS_FILE, MODEL_FILE, read_json, resolve_checkpoint
 from lmlab.runlog import EventLog
 
 
 def run(args: argparse.Namespace) -> int:
     """``args``: ``run`` (run or checkpoint directory), ``overrides`` (list), ``quiet`` (no progress),
-    ``out`` (folder for the results, or None: beside the checkpoint and in the run directory)."""
+    ``out`` (folder for the results, or None: see the module docstring)."""
     checkpoint_dir, run_dir = resolve_checkpoint(args.run)
     cfg = _checked_config(saved_config_file(checkpoint_dir, run_dir), args.overrides)
     out = getattr(args, "out", None)
-    results_dir, metrics_dir = (Path(out), Path(out)) if out else (checkpoint_dir, run_dir)
-    _check_writable(args.run, [results_dir, metrics_dir])  # before the (long) work
-    loaded = load_for_eval(checkpoint_dir, run_dir, cfg, cfg.device)
+    metrics_dir = Path(out) if out else run_dir
+    _check_writable(args.run, [Path(out) if out else results_dir(checkpoint_dir, run_dir, None),
+                               metrics_dir])  # before the (long) work
+    loaded = load_for_eval(checkpoint_dir, run_dir, cfg, cfg.device,
+                           newest_if_gone=Path(args.run) == run_dir)
+    _say_if_replaced(checkpoint_dir, loaded.checkpoint_dir)
     # with --out the run directory may be read-only: then the phase is not recorded
     events = EventLog(run_dir, write=unwritable(run_dir) is None)
     phase = events.phase("eval", step=loaded.step, tasks=list(cfg.eval.tasks), command="lmlab eval",
@@ -48,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                               progress=not args.quiet)
         # shown before the file is written: a failing write must not lose what took long to compute
         print(format_rows(rows), flush=True)
-        target = _write(rows, results_dir, metrics_dir, loaded.step, args.run)
+        target = _write(rows, loaded, Path(out) if out else None, metrics_dir, args.run)
         samples = greedy_samples(loaded, cfg.report.samples, cfg.report.sample_tokens) \
             if cfg.report.samples else []
         if samples:  # for the report, which reads them (it imports no torch)
@@ -59,6 +69,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_if_replaced(chosen: Path, read: Path) -> None:
+    if read != chosen:
+        print(f"lmlab eval: note: checkpoint {chosen} was deleted by the run's checkpoint retention "
+              f"before it could be read; evaluating the newest, {read}, instead.", file=sys.stderr,
+              flush=True)
+
+
+def _results_target(loaded: LoadedRun, out: Path | None) -> tuple[Path, dict | None]:
+    """The folder for ``eval_results.json`` (``results_dir``: never one that retention may delete)
+    and the results to merge with when it is new: those of a step checkpoint's former place."""
+    if out is not None:
+        return out, None
+    ckpt = loaded.checkpoint_dir
+    holds_it = named_file_id(ckpt / MODEL_FILE) == loaded.weights_id
+    folder = results_dir(ckpt, loaded.run_dir, loaded.step, holds_it)
+    earlier = read_json(ckpt / EVAL_RESULTS_FILE) if folder != ckpt and holds_it else None
+    return folder, earlier
+
+
 def _check_writable(run: str, folders: list[Path]) -> None:
     reasons = sorted({r for r in map(unwritable, folders) if r})
     if reasons:
@@ -67,15 +96,18 @@ def _check_writable(run: str, folders: list[Path]) -> None:
                          f"lmlab eval {run} --out DIR")
 
 
-def _write(rows: list[dict], results_dir: Path, metrics_dir: Path, step: int | None, run: str) -> Path:
+def _write(rows: list[dict], loaded: LoadedRun, out: Path | None, metrics_dir: Path, run: str) -> Path:
     """``write_results``; when that fails after all (the folder turned read-only, a full disk), the
     rows are printed as JSON as well and the error says where they are."""
+    step = loaded.step
+    folder, earlier = _results_target(loaded, out)
     try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        return write_results(rows, results_dir, metrics_dir, step)
+        if folder != loaded.checkpoint_dir:  # never re-create a checkpoint folder deleted meanwhile
+            folder.mkdir(parents=True, exist_ok=True)
+        return write_results(rows, folder, metrics_dir, step, earlier)
     except OSError as err:
         print(results_json(rows, step), flush=True)
-        failed = Path(err.filename) if err.filename else results_dir / EVAL_RESULTS_FILE
+        failed = Path(err.filename) if err.filename else folder / EVAL_RESULTS_FILE
         if failed.name.startswith(f".{EVAL_RESULTS_FILE}.tmp"):  # atomic.write_text's temporary file
             failed = failed.with_name(EVAL_RESULTS_FILE)
         raise LmlabError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from lmlab.config import load_config
 from lmlab.errors import ConfigError, Problem
@@ -21,7 +22,9 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     checkpoint_dir, run_dir = resolve_checkpoint(args.run)
     cfg = load_config(saved_config_file(checkpoint_dir, run_dir))
-    loaded = load_for_eval(checkpoint_dir, run_dir, cfg, args.device)
+    # a run still training may prune the checkpoint chosen for a run directory: then its newest
+    loaded = load_for_eval(checkpoint_dir, run_dir, cfg, args.device,
+                           newest_if_gone=Path(args.run) == run_dir)
     echo = [args.prompt]  # echoed with the first piece: a warning about the context comes first
 
     def show(piece: str) -> None:

@@ -6,21 +6,30 @@ it. The model is rebuilt from the resolved model config stored in the checkpoint
 ``train_state.json`` (vocab_size and max_seq_len already filled in), so evaluation never depends on
 re-deriving sizes from the data; older checkpoints without that entry fall back to the run's
 config resolved with the saved tokenizer.
+
+A run that is still training deletes old step checkpoints (``checkpoint.keep``: renamed, then
+removed) and republishes ``best``/``final`` at any moment, so the files read are held open from the
+start (``hold_checkpoint``): a folder deleted mid-read is still read whole, from the same
+checkpoint. One that vanished before it could be opened is replaced by the run's newest checkpoint
+when the caller resolved it from the run directory (``newest_if_gone``), else refused with the fix.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import json
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.models.registry import MODELS, build_model, model_config_class, resolve_model_config
-from lmlab.rundir import (CONFIG_FILE, MODEL_FILE, STATE_FILE, TOKENIZER_FILE, is_checkpoint,
-                          read_train_state)
+from lmlab.rundir import (CONFIG_FILE, MODEL_FILE, STATE_FILE, TOKENIZER_FILE, is_step_name,
+                          resolve_checkpoint)
 from lmlab.training.checkpoint import load_model_weights
 from lmlab.training.runtime import resolve_device
 
@@ -39,6 +48,8 @@ class LoadedRun:
     checkpoint_dir: Path
     run_dir: Path
     step: int | None = None
+    # (st_dev, st_ino) of the model file read: whether checkpoint_dir still holds these weights
+    weights_id: tuple[int, int] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -56,24 +67,158 @@ def saved_config_file(checkpoint_dir: Path, run_dir: Path) -> Path:
 
 
 def load_for_eval(checkpoint_dir: Path, run_dir: Path, cfg: RunConfig,
-                  device: str | torch.device = "cpu") -> LoadedRun:
+                  device: str | torch.device = "cpu", *, newest_if_gone: bool = False) -> LoadedRun:
     """Model (eval mode, on ``device``; ``auto`` allowed) and tokenizer of ``checkpoint_dir``, a
-    checkpoint of ``run_dir``, whose saved config (with any overrides) is ``cfg``."""
+    checkpoint of ``run_dir``, whose saved config (with any overrides) is ``cfg``.
+
+    ``newest_if_gone``: the checkpoint was chosen for the caller (a run directory was passed), so
+    if retention deletes it before it is opened, the run's newest checkpoint is read instead; the
+    returned ``checkpoint_dir`` says which was read."""
     ckpt, run_dir = Path(checkpoint_dir), Path(run_dir)
     tok_file = run_dir / TOKENIZER_FILE
     if not tok_file.is_file():
         raise LmlabError(f"{tok_file} is missing: the model's vocabulary is unknown. Fix: copy the "
                          f"run's {TOKENIZER_FILE} back into {run_dir}.")
     tokenizer = load_tokenizer(tok_file)
-    if not (ckpt / MODEL_FILE).is_file():
-        raise LmlabError(f"{ckpt / MODEL_FILE} is missing. Fix: pass another checkpoint of the run.")
-    state = read_train_state(ckpt) if is_checkpoint(ckpt) else {}
-    model_cfg = _model_config(state.get("model"), cfg, tokenizer, ckpt)
-    _check_tokenizer_fits(tokenizer, tok_file, cfg, model_cfg, ckpt)
-    model = build_model(model_cfg)
-    load_model_weights(model, ckpt)
+    with hold_checkpoint(ckpt, run_dir, newest_if_gone) as held:
+        state = held.train_state()
+        model_cfg = _model_config(state.get("model"), cfg, tokenizer, held.folder)
+        _check_tokenizer_fits(tokenizer, tok_file, cfg, model_cfg, held.folder)
+        model = build_model(model_cfg)
+        _load_held_weights(model, held)
+        weights_id = held.file_id(MODEL_FILE)
     model.to(resolve_device(str(device))).eval()
-    return LoadedRun(model, tokenizer, cfg, ckpt, run_dir, state.get("step"))
+    return LoadedRun(model, tokenizer, cfg, held.folder, run_dir, state.get("step"), weights_id)
+
+
+# --------------------------------------------------------------------------- holding a checkpoint
+
+_HOLD_TRIES = 5  # a checkpoint that vanishes or changes this often while being opened is refused
+
+
+@dataclass
+class HeldCheckpoint:
+    """A checkpoint's files, open: deleting or replacing the folder no longer changes what is read."""
+
+    folder: Path
+    files: dict[str, BinaryIO] = field(default_factory=dict)  # MODEL_FILE, and STATE_FILE if any
+
+    def __enter__(self) -> HeldCheckpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.files.values():
+            handle.close()
+
+    def file_id(self, name: str) -> tuple[int, int]:
+        info = os.fstat(self.files[name].fileno())
+        return info.st_dev, info.st_ino
+
+    def unchanged(self, name: str) -> bool:
+        """Whether the folder still names the held file (then reading the path reads it)."""
+        return named_file_id(self.folder / name) == self.file_id(name)
+
+    def readable_path(self, name: str) -> Path:
+        """A path that opens the held file itself, even once it is deleted (Linux; /dev/fd else)."""
+        fd = self.files[name].fileno()
+        proc = Path(f"/proc/self/fd/{fd}")
+        return proc if proc.parent.is_dir() else Path(f"/dev/fd/{fd}")
+
+    def train_state(self) -> dict:
+        """``train_state.json`` as read through the held handle ({} for a folder of bare weights)."""
+        handle = self.files.get(STATE_FILE)
+        if handle is None:
+            return {}
+        try:
+            state = json.loads(handle.read().decode("utf-8"))
+        except ValueError as err:
+            state = err
+        if not isinstance(state, dict):
+            raise LmlabError(f"checkpoint {self.folder} has an unreadable {STATE_FILE}: {state}. Fix: "
+                             "delete that checkpoint directory to resume from the previous one.")
+        return state
+
+
+def named_file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def hold_checkpoint(checkpoint_dir: Path, run_dir: Path, newest_if_gone: bool = False) -> HeldCheckpoint:
+    """The files of ``checkpoint_dir`` opened, as one consistent checkpoint (both still in the folder
+    once both are open). One deleted meanwhile (``checkpoint.keep`` of a run still training) is
+    replaced by the run's newest when ``newest_if_gone``, else refused with the fix; best/ and
+    final/, which are republished rather than deleted, are opened again."""
+    ckpt = Path(checkpoint_dir)
+    for _ in range(_HOLD_TRIES):
+        held = _try_hold(ckpt)
+        if held is not None:
+            return held
+        if is_step_name(ckpt.name) and not ckpt.exists():
+            if not newest_if_gone:
+                raise _vanished(ckpt, run_dir)
+            ckpt = resolve_checkpoint(run_dir)[0]
+        else:
+            time.sleep(0.05)  # being republished (best/final), or a file swapped while opening
+    raise LmlabError(f"checkpoint {ckpt} vanished or changed each of the {_HOLD_TRIES} times lmlab "
+                     "tried to read it: the run is still training and replacing it faster than it can "
+                     f"be opened. Fix: try again, or pass one of the run's step checkpoints "
+                     f"({Path(run_dir) / 'checkpoints'}/<step>).")
+
+
+def _try_hold(ckpt: Path) -> HeldCheckpoint | None:
+    """``ckpt``'s files opened, or None when the folder vanished or changed while they were opened."""
+    held = HeldCheckpoint(ckpt)
+    try:
+        for name in (STATE_FILE, MODEL_FILE):
+            _open_into(held, name)
+        if MODEL_FILE not in held.files:
+            if ckpt.is_dir() and all(held.unchanged(name) for name in held.files):
+                raise LmlabError(f"{ckpt / MODEL_FILE} is missing. Fix: pass another checkpoint "
+                                 "of the run.")
+        elif all(held.unchanged(name) for name in held.files):
+            return held
+    except BaseException:
+        held.__exit__()
+        raise
+    held.__exit__()
+    return None
+
+
+def _open_into(held: HeldCheckpoint, name: str) -> None:
+    """Open ``name`` of the held folder; a missing one is left out (the caller decides)."""
+    path = held.folder / name
+    try:
+        held.files[name] = open(path, "rb")
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise LmlabError(f"cannot read {path}: {err.strerror or err}. Fix: make it readable, or pass "
+                         "another checkpoint of the run.") from None
+
+
+def _vanished(ckpt: Path, run_dir: Path) -> LmlabError:
+    return LmlabError(f"checkpoint {ckpt} was deleted before it could be read (the run is still "
+                      "training, and its checkpoint.keep retention removes old step checkpoints). "
+                      f"Fix: pass the run directory ({run_dir}) to take its newest checkpoint, or a "
+                      "checkpoint that is kept (checkpoints/final, checkpoints/best).")
+
+
+def _load_held_weights(model, held: HeldCheckpoint) -> None:
+    """Read through the checkpoint's own path while it names the held file (so that every message
+    names the real file), else through the held handle: a read that failed or may have read other
+    weights because the folder was deleted or republished meanwhile is done again from the handle."""
+    try:
+        load_model_weights(model, held.folder / MODEL_FILE)
+        if held.unchanged(MODEL_FILE):
+            return
+    except LmlabError:
+        if held.unchanged(MODEL_FILE):
+            raise
+    load_model_weights(model, held.readable_path(MODEL_FILE))
 
 
 def _check_tokenizer_fits(tokenizer: Tokenizer, tok_file: Path, cfg: RunConfig, model_cfg: Any,

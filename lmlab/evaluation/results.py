@@ -1,9 +1,17 @@
 """Evaluation result rows on disk and on screen.
 
 A row is ``{"task", "metric", "value", "stderr", "n", "seconds", ...}`` (see ``runner``).
-``write_results`` stores rows beside the checkpoint (``eval_results.json``) and appends them to the
-run's ``metrics.eval.jsonl``, one flat line per row (both may be another folder: ``lmlab eval
---out DIR``); ``format_rows`` prints them as a table, ``results_json`` as the JSON file's text.
+``write_results`` stores rows in a folder's ``eval_results.json`` and appends them to the run's
+``metrics.eval.jsonl``, one flat line per row (both may be another folder: ``lmlab eval --out
+DIR``); ``format_rows`` prints them as a table, ``results_json`` as the JSON file's text.
+
+Which folder (``results_dir``): ``lmlab eval`` may run while the run still trains, and retention
+(``checkpoint.keep``) deletes step checkpoints at any moment, so a step checkpoint's results go to
+``<run>/evals/<step>/``, which nothing deletes; writing beside it would lose them, or re-create
+the pruned folder holding only the results. ``best/`` and ``final/`` are never pruned: their
+results stay beside them, unless the folder was republished with other weights meanwhile.
+Results written beside step checkpoints before (and by training's ``eval.every``) are still read:
+``checkpoint_results``. ``lmlab report`` reads ``metrics.eval.jsonl``, which does not move.
 """
 from __future__ import annotations
 
@@ -12,8 +20,10 @@ import math
 from pathlib import Path
 
 from lmlab.atomic import write_text
-from lmlab.rundir import EVAL_METRICS_FILE, EVAL_RESULTS_FILE, read_json
+from lmlab.rundir import (EVAL_METRICS_FILE, EVAL_RESULTS_FILE, checkpoints_root, is_step_name,
+                          read_json, step_name)
 
+EVALS_DIR = "evals"  # <run>/evals/<step>/eval_results.json: results of step checkpoints
 _FLAT_KEYS = ("task", "metric", "value", "stderr", "n", "seconds", "num_fewshot")
 
 
@@ -24,21 +34,44 @@ def json_number(value) -> float | None:
     return None
 
 
+def results_dir(checkpoint_dir: str | Path, run_dir: str | Path, step: int | None,
+                still_holds_it: bool = True) -> Path:
+    """The folder for the ``eval_results.json`` of a checkpoint of ``run_dir`` (see the module
+    docstring); ``still_holds_it``: whether the checkpoint folder still holds the weights evaluated."""
+    ckpt, run_dir = Path(checkpoint_dir), Path(run_dir)
+    if ckpt.parent != checkpoints_root(run_dir):
+        return ckpt  # not laid out as a run's checkpoint: nothing prunes it
+    if is_step_name(ckpt.name):
+        return run_dir / EVALS_DIR / ckpt.name
+    if still_holds_it or step is None:
+        return ckpt
+    return run_dir / EVALS_DIR / step_name(step)
+
+
+def checkpoint_results(checkpoint_dir: str | Path, run_dir: str | Path) -> dict:
+    """``eval_results.json`` of a checkpoint: where ``results_dir`` puts it, else beside the
+    checkpoint, where results of step checkpoints were written before ({} when none)."""
+    ckpt = Path(checkpoint_dir)
+    return (read_json(results_dir(ckpt, run_dir, None) / EVAL_RESULTS_FILE)
+            or read_json(ckpt / EVAL_RESULTS_FILE))
+
+
 def write_results(rows: list[dict], checkpoint_dir: str | Path, run_dir: str | Path,
-                  step: int | None) -> Path:
-    """Merge ``rows`` into ``<checkpoint>/eval_results.json`` (replaced atomically) and append them to
-    ``<run>/metrics.eval.jsonl``; returns the JSON file's path.
+                  step: int | None, earlier: dict | None = None) -> Path:
+    """Merge ``rows`` into ``<checkpoint_dir>/eval_results.json`` (replaced atomically) and append
+    them to ``<run>/metrics.eval.jsonl``; returns the JSON file's path.
 
     The JSON file collects everything measured on that checkpoint: a new row replaces an earlier
     one of the same task, metric and shot count, so validation and harness tasks may be written by
-    separate calls.
+    separate calls. ``earlier``: the results to merge with when the file is new (those written to
+    the checkpoint's former place, ``checkpoint_results``).
     """
     rows = [_clean(r) for r in rows]
     target = Path(checkpoint_dir) / EVAL_RESULTS_FILE
     fresh = {_row_key(r) for r in rows}
-    earlier = read_json(target).get("results")  # none yet, or unreadable: rewritten whole below
-    kept = [r for r in earlier if isinstance(r, dict) and _row_key(r) not in fresh] \
-        if isinstance(earlier, list) else []
+    previous = (read_json(target) or earlier or {}).get("results")  # none, or unreadable: rewritten
+    kept = [r for r in previous if isinstance(r, dict) and _row_key(r) not in fresh] \
+        if isinstance(previous, list) else []
     # atomic: never a half-written results file beside a complete checkpoint
     write_text(target, json.dumps({"step": step, "results": kept + rows}, indent=2))
     with open(Path(run_dir) / EVAL_METRICS_FILE, "a", encoding="utf-8") as handle:

@@ -2,8 +2,9 @@
 
 A row is ``{"task", "metric", "value", "stderr", "n", "seconds", ...}``; harness rows add
 ``num_fewshot``, ``filter``, ``items_per_s`` and, with few-shot examples, ``fewshot_source``.
-``results.write_results`` stores them beside the checkpoint and appends them to the run's eval
-metrics; the ``lmlab eval`` command itself is an app (``apps/evaluate.py``) above this layer.
+``results.write_results`` stores them (in the folder ``results.results_dir`` names for the
+checkpoint) and appends them to the run's eval metrics; the ``lmlab eval`` command itself is an app
+(``apps/evaluate.py``) above this layer.
 
 Evaluation leaves every global RNG (python, numpy, torch) as it found it, so evaluating during
 training does not change the training run's data order or dropout; few-shot sampling and text

@@ -4,6 +4,9 @@
 so one that fails (no network, full disk, a bug in the package) is warned about once and dropped
 while training and the JSON lines go on. Each optional package is imported only when selected
 (``metrics.check`` has already reported a selected one that is missing, with its pip install).
+A ``metrics.jsonl`` removed or replaced mid-run is repaired with one warning line (``JsonlSink``),
+and a resumed run whose file lacks the steps up to its checkpoint says so once
+(``warn_if_metrics_missing``): metrics are never lost silently.
 
 Secrets: W&B reads ``WANDB_API_KEY`` from the environment itself; lmlab never passes it. The config
 sent to W&B is redacted (``runlog.redact``), and W&B's collectors that copy the process's
@@ -18,7 +21,8 @@ from pathlib import Path
 
 from lmlab.rundir import METRICS_FILE, TENSORBOARD_DIR, WANDB_ID_FILE
 from lmlab.runlog import redact, redact_text
-from lmlab.training.metrics import JsonlSink, LoggingConfig, TensorBoardConfig, WandbConfig
+from lmlab.training.metrics import (JsonlSink, LoggingConfig, TensorBoardConfig, WandbConfig,
+                                    warn_if_metrics_missing)
 
 # W&B settings that keep the run fast and private: no stdout/stderr copy (output.log), no metadata
 # (argv, host, user, git remote, executable), no system-stats sampler, no code/requirements/job.
@@ -34,6 +38,8 @@ def build_sinks(logging_cfg: LoggingConfig, run_dir: Path, run_name: str, config
     ``config_dict`` is the resolved run config (``config.config_to_dict``); it is redacted here.
     """
     run_dir = Path(run_dir)
+    if resume_step:  # before the sink opens (and so creates) the file
+        warn_if_metrics_missing(run_dir / METRICS_FILE, resume_step, logging_cfg.every)
     sinks = MetricSinks(JsonlSink(run_dir / METRICS_FILE))
     if logging_cfg.wandb.mode != "disabled":
         sinks.start("W&B", lambda: WandbSink(logging_cfg.wandb, run_dir, run_name, config_dict))

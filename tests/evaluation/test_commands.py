@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -122,3 +123,139 @@ def test_nonfinite_run_report_names_phase_exception_location_and_fix(tmp_path, j
     assert "`train`" in report and "LmlabError" in report and where in report
     assert "optim.lr" in report and "diverged" in report
     shutil.rmtree(run)
+
+
+# --------------------------------------------------------------------------- eval while the run trains
+
+
+def _live_copy(trained: Path, tmp_path: Path) -> Path:
+    """A copy of the trained run as it looks while it still trains: step checkpoints, no final/."""
+    run = tmp_path / "live"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / "checkpoints" / "final")
+    return run
+
+
+def _save_and_prune(run: Path, step: int) -> None:
+    """What the training process does: publish checkpoint ``step`` (here a copy of its newest), then
+    retention (checkpoint.keep=1) renames and deletes the older step checkpoints."""
+    from lmlab.rundir import STATE_FILE, checkpoints_root, latest_checkpoint, step_name
+    from lmlab.training.checkpoint import prune_checkpoints
+
+    tmp = checkpoints_root(run) / f".tmp-{step_name(step)}-1"
+    shutil.copytree(latest_checkpoint(run), tmp)
+    state = json.loads((tmp / STATE_FILE).read_text())
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}))
+    os.replace(tmp, checkpoints_root(run) / step_name(step))
+    prune_checkpoints(run, 1)
+
+
+def _eval_lines(run: Path) -> list[dict]:
+    path = run / "metrics.eval.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _eval_results(run: Path, step: int) -> dict:
+    return json.loads((run / "evals" / f"{step:010d}" / "eval_results.json").read_text())
+
+
+def test_eval_of_a_run_whose_checkpoint_is_pruned_before_it_is_read_takes_the_newest(
+        trained, tmp_path, monkeypatch, capsys):
+    import lmlab.apps.evaluate
+
+    run = _live_copy(trained, tmp_path)
+    real_resolve = lmlab.apps.evaluate.resolve_checkpoint
+
+    def resolve_then_prune(path):  # training saves step 9 and prunes step 6 right after eval chose 6
+        chosen = real_resolve(path)
+        _save_and_prune(run, 9)
+        return chosen
+
+    monkeypatch.setattr(lmlab.apps.evaluate, "resolve_checkpoint", resolve_then_prune)
+    before = _eval_lines(run)
+    assert main(["eval", str(run), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "0000000006 was deleted by the run's checkpoint retention" in err and "0000000009" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0000000009"]  # none re-created
+    assert _eval_results(run, 9)["step"] == 9
+    assert {r["step"] for r in _eval_lines(run)[len(before):]} == {9}
+
+
+@pytest.mark.parametrize("when", ["reading_the_weights", "evaluating"])
+def test_eval_of_a_checkpoint_pruned_mid_read_reads_it_whole_and_recreates_no_folder(
+        trained, tmp_path, monkeypatch, capsys, when):
+    import lmlab.apps.evaluate
+    import lmlab.evaluation.loading as loading
+
+    run = _live_copy(trained, tmp_path)
+    chosen = run / "checkpoints" / "0000000006"
+    module, name = (loading, "load_model_weights") if when == "reading_the_weights" else \
+        (lmlab.apps.evaluate, "run_evaluation")
+    real = getattr(module, name)
+
+    def prune_then_go_on(*args, **kwargs):  # the folder is renamed and deleted meanwhile
+        if chosen.exists():
+            _save_and_prune(run, 9)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, prune_then_go_on)
+    assert main(["eval", str(chosen), "--quiet"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0000000009"]  # none re-created
+    assert _eval_results(run, 6)["step"] == 6
+
+
+def test_eval_of_a_step_checkpoint_writes_beside_the_run_and_keeps_earlier_results(trained, tmp_path):
+    from lmlab.evaluation.results import checkpoint_results
+
+    run = _live_copy(trained, tmp_path)
+    chosen = run / "checkpoints" / "0000000006"
+    earlier = {"step": 6, "results": [{"task": "piqa", "metric": "acc", "value": 0.5}]}
+    (chosen / "eval_results.json").write_text(json.dumps(earlier))  # by training's eval.every
+    assert checkpoint_results(chosen, run) == earlier  # the former place is still read
+    assert main(["eval", str(chosen), "--quiet"]) == 0
+    assert json.loads((chosen / "eval_results.json").read_text()) == earlier  # untouched
+    results = _eval_results(run, 6)
+    assert {r["task"] for r in results["results"]} == {"piqa", "validation"}
+    assert checkpoint_results(chosen, run) == results
+
+
+def test_eval_of_a_named_checkpoint_deleted_before_it_is_read_says_so(trained, tmp_path, monkeypatch,
+                                                                      capsys):
+    import lmlab.apps.evaluate
+
+    run = _live_copy(trained, tmp_path)
+    real_resolve = lmlab.apps.evaluate.resolve_checkpoint
+
+    def resolve_then_prune(path):
+        chosen = real_resolve(path)
+        _save_and_prune(run, 9)
+        return chosen
+
+    monkeypatch.setattr(lmlab.apps.evaluate, "resolve_checkpoint", resolve_then_prune)
+    assert main(["eval", str(run / "checkpoints" / "0000000006"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "0000000006 was deleted before it could be read" in err
+    assert f"Fix: pass the run directory ({run})" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0000000009"]
+    assert not (run / "evals").exists()
+
+
+def test_eval_results_of_a_final_republished_meanwhile_go_by_step(trained, tmp_path, monkeypatch):
+    import lmlab.apps.evaluate
+    from lmlab.training.checkpoint import link_checkpoint
+
+    run = tmp_path / "finished"
+    shutil.copytree(trained, run)
+    real_evaluation = lmlab.apps.evaluate.run_evaluation
+
+    def evaluate_then_republish(*args, **kwargs):  # a resumed run finishes at step 9 meanwhile
+        rows = real_evaluation(*args, **kwargs)
+        _save_and_prune(run, 9)
+        link_checkpoint(run, run / "checkpoints" / "0000000009", "final")
+        return rows
+
+    monkeypatch.setattr(lmlab.apps.evaluate, "run_evaluation", evaluate_then_republish)
+    assert main(["eval", str(run), "--quiet"]) == 0
+    assert not (run / "checkpoints" / "final" / "eval_results.json").exists()  # step 9's final
+    assert _eval_results(run, 6)["step"] == 6

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import secrets
 import time
 from pathlib import Path
@@ -10,10 +11,13 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab
+from lmlab.cli import main
 from lmlab.config import describe_fields, load_config_collecting
+from lmlab.errors import LmlabError
 from lmlab.rundir import WANDB_ID_FILE, read_jsonl
 from lmlab.training import sinks as sinks_mod
-from lmlab.training.metrics import LoggingConfig, TensorBoardConfig, WandbConfig, check
+from lmlab.training.metrics import (JsonlSink, LoggingConfig, TensorBoardConfig, WandbConfig, check,
+                                    truncate_metrics)
 from lmlab.training.sinks import build_sinks, numeric_only
 
 # A CPU-only run logs mfu as None and the loop logs epoch numbers too: both shapes appear here.
@@ -293,3 +297,133 @@ def test_every_sink_field_is_documented():
     rows = [row for row in describe_fields() if row[0].startswith(("logging.wandb.",
                                                                     "logging.tensorboard."))]
     assert len(rows) == 7 and all(help_text for _, _, help_text in rows)
+
+
+# --------------------------------------------------------------------------- metrics.jsonl tampered with
+
+
+def _swap_in(path: Path, text: str) -> None:
+    """Replace ``path`` by another file, as an editor's save or a sync tool does (a new inode)."""
+    other = path.with_name("other.tmp")
+    other.write_text(text)
+    os.replace(other, path)
+
+
+def test_metrics_file_removed_mid_run_is_recreated_with_every_line(tmp_path):
+    path, said = tmp_path / "metrics.jsonl", []
+    sink = JsonlSink(path, warn=said.append)
+    sink.log({"loss": 2.0}, 1)
+    sink.log({"loss": 1.9}, 2)
+    path.unlink()
+    sink.log({"loss": 1.8}, 3)
+    path.unlink()  # after the last line: still restored when the run closes its sinks
+    sink.close()
+    sink.close()
+    assert [m["step"] for m in read_jsonl(path)] == [1, 2, 3]
+    assert len(said) == 2 and all("was removed while the run trained" in s for s in said)
+    assert "re-created it with the 2 lines logged so far" in said[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+@pytest.mark.parametrize("edited", [False, True], ids=["other_file", "edited_copy"])
+def test_metrics_file_replaced_mid_run_is_appended_to_and_no_line_is_lost(tmp_path, edited):
+    path, said = tmp_path / "metrics.jsonl", []
+    sink = JsonlSink(path, warn=said.append)
+    sink.log({"loss": 2.0}, 1)
+    before = path.read_text()
+    _swap_in(path, before + '{"note": "mine"}\n' if edited else '{"note": "mine"}\n')
+    sink.log({"loss": 1.9}, 2)
+    sink.close()
+    assert [m.get("step") for m in read_jsonl(path)] == ([1, None, 2] if edited else [None, 2])
+    kept = sorted(tmp_path.glob("metrics.replaced-*.jsonl"))
+    assert len(said) == 1 and "was replaced while the run trained" in said[0]
+    if edited:  # the new file holds every earlier line: nothing to keep beside it
+        assert kept == [] and "no line logged before is lost" in said[0]
+    else:
+        assert [p.read_text() for p in kept] == [before] and str(kept[0]) in said[0]
+
+
+def test_metrics_path_turned_into_a_folder_stops_with_the_fix(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    sink = JsonlSink(path, warn=pytest.fail)
+    sink.log({"loss": 2.0}, 1)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(LmlabError, match="Training metrics would be lost, so the run stops. Fix: "):
+        sink.log({"loss": 1.9}, 2)
+    sink.close()  # says nothing more: the error above is the message
+
+
+LMLAB_LINES = b'{"step": 3, "loss": 1.0}\n{"step": 9, "loss": 0.5}\n'  # resumed from step 4
+
+
+@pytest.mark.parametrize("content, kept", [
+    (b'[1, 2]\n7\n{"step": "x"}\n{"step": null}\n\xff\xfe not text\n' + LMLAB_LINES + b'{"step": 10, "lo',
+     b'[1, 2]\n7\n{"step": "x"}\n{"step": null}\n\xff\xfe not text\n{"step": 3, "loss": 1.0}\n'),
+    (LMLAB_LINES + b"a last line without a newline",
+     b'{"step": 3, "loss": 1.0}\na last line without a newline\n'),
+], ids=["not_lmlab_lines_and_a_cut_off_line", "foreign_last_line"])
+def test_truncating_foreign_content_keeps_it_and_never_raises(tmp_path, content, kept):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(content)
+    truncate_metrics(path, 4)
+    assert path.read_bytes() == kept
+
+
+def _tiny_run(jsonl_root: Path, run: Path, steps: int) -> list[str]:
+    return ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(jsonl_root),
+            f"dump_dir={run}", f"steps={steps}", "checkpoint.every=4", "eval.validation.enabled=false",
+            "logging.progress_bar=false"]
+
+
+def _loss_steps(*files: Path) -> list[int]:
+    return sorted(m["step"] for f in files for m in read_jsonl(f) if "loss" in m)
+
+
+def test_metrics_removed_then_replaced_mid_run_then_resumed_lose_nothing(tmp_path, jsonl_root,
+                                                                        monkeypatch, capsys):
+    run = tmp_path / "run"
+    real_log = JsonlSink.log
+
+    def tamper(self, metrics, step):  # just before the sink writes these steps' lines
+        if step == 3:
+            self.path.unlink()
+        if step == 6:
+            _swap_in(self.path, '{"note": "the researcher\'s own file"}\n')
+        real_log(self, metrics, step)
+
+    monkeypatch.setattr(JsonlSink, "log", tamper)
+    assert main(_tiny_run(jsonl_root, run, 8)) == 0
+    monkeypatch.setattr(JsonlSink, "log", real_log)
+    assert main(_tiny_run(jsonl_root, run, 12)) == 0  # resumes from step 8
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("was removed while the run trained") == 1
+    assert err.count("was replaced while the run trained") == 1
+    assert err.count("lmlab train: warning: ") == 2  # the resume has no gap to report
+    kept = list(run.glob("metrics.replaced-*.jsonl"))
+    assert _loss_steps(run / "metrics.jsonl") == list(range(6, 13))
+    assert _loss_steps(*kept) == [1, 2, 3, 4, 5]  # every step once, in one file or the other
+
+
+@pytest.mark.parametrize("damage", ["removed", "replaced_by_other_data", "shorter"])
+def test_resume_with_a_damaged_metrics_file_goes_on_with_one_warning(tmp_path, jsonl_root, capsys,
+                                                                     damage):
+    run = tmp_path / "run"
+    assert main(_tiny_run(jsonl_root, run, 8)) == 0
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    foreign = b'[1, 2]\n{"step": "x"}\n\xff\xfe\n'
+    if damage == "removed":
+        metrics.unlink()
+    else:
+        metrics.write_bytes(foreign if damage == "replaced_by_other_data" else b"".join(lines[:2]))
+    capsys.readouterr()
+    assert main(_tiny_run(jsonl_root, run, 12)) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("lmlab train: warning: ") == 1
+    first = {"removed": 1, "replaced_by_other_data": 1, "shorter": 3}[damage]
+    assert f"the metrics of steps {first}-8 are missing" in err
+    assert _loss_steps(metrics) == ([1, 2] if damage == "shorter" else []) + list(range(9, 13))
+    if damage == "replaced_by_other_data":
+        assert metrics.read_bytes().startswith(foreign)  # not this run's to delete
