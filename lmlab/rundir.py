@@ -37,6 +37,7 @@ WANDB_ID_FILE = "wandb_run_id.txt"  # one W&B run per run directory, continued o
 PREEMPT_FILE = "preempt.request"  # created by a scheduler script: save a checkpoint and exit 0
 SUBMIT_FILE = "submit.slurm"  # `lmlab slurm`: the batch script (submitted again on requeue)
 CODE_DIR = "code"  # `lmlab slurm`: the lmlab snapshot and resolved config the job runs
+EVALS_DIR = "evals"  # <run>/evals/<step>/eval_results.json: results of step checkpoints (lmlab eval)
 SLURM_OUTPUT = "slurm-%j.out"  # the job's log (%j: SLURM's job id)
 CHECKPOINTS_DIR = "checkpoints"
 RUN_MARKER = ".lmlab-run"  # written when lmlab creates a run directory: the folder is a run
@@ -53,7 +54,8 @@ MODEL_SIZE_KEY = "model_size"
 # prefix of a checkpoint folder being written, replaced or deleted (never a complete checkpoint)
 TMP_PREFIX = ".tmp-"
 # folders inside a run that never hold runs themselves (not searched by ``lmlab runs``)
-RUN_SUBDIRS = frozenset({CHECKPOINTS_DIR, PLOTS_DIR, ERRORS_DIR, TENSORBOARD_DIR, WANDB_DIR, CODE_DIR})
+RUN_SUBDIRS = frozenset({CHECKPOINTS_DIR, PLOTS_DIR, ERRORS_DIR, TENSORBOARD_DIR, WANDB_DIR, CODE_DIR,
+                         EVALS_DIR})
 _STEP_DIGITS = 10
 
 

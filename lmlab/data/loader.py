@@ -12,7 +12,6 @@ would. Files are read front to back (``documents.DocumentFile``): memory does no
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -20,13 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.data.badrecords import BadRecords
-from lmlab.data.documents import DataChanged, Record, bad_line_message, bad_line_what
+from lmlab.data.documents import DataChanged, bad_line_message, bad_line_what
+from lmlab.data.order import DEFAULT_BLOCK_DOCS, SourceCursor
 from lmlab.data.sources import Source
 from lmlab.data.tokenizers import ByteTokenizer, Tokenizer, encode_batch
 from lmlab.errors import LmlabError
 
-DEFAULT_BLOCK_DOCS = 1024  # documents shuffled together (data.shuffle_buffer)
-BLOCK_BYTES = 64 << 20  # and at most this many bytes of them
 TOKENIZE_AHEAD = 64  # documents tokenized in one call
 IGNORE_INDEX = -100  # targets that count in no loss or metric (padding); F.cross_entropy's default
 
@@ -51,56 +49,20 @@ def pad_rows(inputs: torch.Tensor, targets: torch.Tensor, rows: int) -> tuple[to
     return F.pad(inputs, (0, 0, 0, extra), value=0), F.pad(targets, (0, 0, 0, extra), value=IGNORE_INDEX)
 
 
-@dataclass
-class Block:
-    """Up to ``data.shuffle_buffer`` consecutive documents of one file, visited in a seeded order."""
-
-    records: list[Record]
-    order: np.ndarray  # visiting order of the records
-    end: tuple[int, int]  # (byte offset, line) after the last record: where the next block starts
-    eof: bool  # the file has no document after this block
-
-
 class PackedStream:
-    """One source's documents, tokenized and packed into fixed windows of token ids.
+    """One source's documents, in the ``SourceCursor``'s order, tokenized and packed into windows.
 
-    Files are visited in a seeded order each pass over the source (a data epoch); each file is read
-    front to back, ``block_docs`` documents at a time, and the documents of a block are visited in
-    a seeded permutation of the block (a shuffle buffer whose order is a pure function of the seed
-    and the block's position, so a resumed run reads the block again and carries on exactly).
-
-    The position (``state_dict``) is the data epoch, the file, the block's (byte offset, line),
-    the documents of the block already packed and the tokens left over from them: small JSON.
-    Documents are tokenized ``TOKENIZE_AHEAD`` at a time (one ``encode_batch`` call, Rust threads
-    for HF tokenizers); a bad record counts when the stream reaches it, not when it is read ahead.
+    Documents are tokenized ``TOKENIZE_AHEAD`` at a time (one ``encode_batch`` call: Rust threads,
+    outside the GIL, for HF tokenizers); a bad record counts when the stream reaches it, not when it
+    is read ahead. The position is the cursor's plus the tokens left over from the last document.
     """
 
     def __init__(self, source: Source, index: int, tokenizer: Tokenizer, window: int, seed: int,
                  shuffle: bool = True, block_docs: int = DEFAULT_BLOCK_DOCS):
-        self.source, self.index, self.tokenizer = source, index, tokenizer
-        self.window, self.seed, self.shuffle, self.block_docs = window, seed, shuffle, block_docs
-        self.epoch = self.file_pos = self.taken = 0
-        self.block_start = (0, 1)
+        self.source, self.tokenizer, self.window = source, tokenizer, window
+        self.cursor = SourceCursor(source, index, seed, shuffle, block_docs)
         self.buffer = np.zeros(0, dtype=np.int64)  # tokens not yet in a window (never changed in place)
-        self._orders: dict[tuple, np.ndarray] = {}
-        self._block: Block | None = None
-        self._pending: deque = deque()  # (record, ids or None, error or None) read ahead of ``taken``
-        self._reader: tuple | None = None  # (file index, end position, records iterator) to go on with
-        self._epoch_seen = [0, 0, True]  # documents, readable ones, this epoch read from its start
-
-    def _order(self, key: tuple, n: int) -> np.ndarray:
-        """Visiting order of n items, a pure function of (seed, source, key), cached."""
-        full = (self.seed, self.index) + key
-        if full not in self._orders:
-            if len(self._orders) > 64:
-                self._orders.clear()
-            rng = np.random.default_rng(list(full))
-            self._orders[full] = rng.permutation(n) if self.shuffle else np.arange(n)
-        return self._orders[full]
-
-    @property
-    def file_index(self) -> int:
-        return int(self._order((self.epoch,), len(self.source.files))[self.file_pos])
+        self._pending: deque = deque()  # (record, ids or None, error or None), read ahead of the cursor
 
     def next_window(self) -> np.ndarray:
         pieces, have = [self.buffer], len(self.buffer)
@@ -118,25 +80,17 @@ class PackedStream:
             if not self._pending:
                 self._read_ahead()
             record, ids, error = self._pending.popleft()
-            self.taken += 1
-            self._epoch_seen[0] += 1
+            self.cursor.take(readable=error is None)
             if error is None:
-                self._epoch_seen[1] += 1
                 return ids
-            doc_file = self.source.files[self.file_index]
+            doc_file = self.cursor.doc_file
             if doc_file.bad is None:
                 raise LmlabError(bad_line_message(doc_file.name, record.line, error))
             doc_file.bad.add(doc_file.name, record.line, bad_line_what(error))
 
     def _read_ahead(self) -> None:
-        """Queue the next documents of the block, tokenized (moving to the next block, file or
-        data epoch first when this one is used up)."""
-        block = self._current_block()
-        while self.taken >= len(block.records):
-            self._advance(block)
-            block = self._current_block()
-        doc_file = self.source.files[self.file_index]
-        chosen = [block.records[i] for i in block.order[self.taken: self.taken + TOKENIZE_AHEAD]]
+        chosen = self.cursor.upcoming(TOKENIZE_AHEAD)
+        doc_file, tok = self.cursor.doc_file, self.tokenizer
         texts, errors = [], []
         for record in chosen:
             try:
@@ -144,99 +98,27 @@ class PackedStream:
                 errors.append(None)
             except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
                 errors.append(err)
-        encoded = iter(encode_ids(self.tokenizer, texts))
-        tok = self.tokenizer
+        encoded = iter(encode_ids(tok, texts))
         for record, error in zip(chosen, errors):
             ids = None if error else np.concatenate(([tok.bos_id], next(encoded), [tok.eos_id])).astype(np.int64)
             self._pending.append((record, ids, error))
 
-    def _current_block(self) -> Block:
-        if self._block is None:
-            self._block = self._read_block()
-        return self._block
-
-    def _read_block(self) -> Block:
-        file_index = self.file_index
-        doc_file = self.source.files[file_index]
-        if self._reader is not None and self._reader[:2] == (file_index, self.block_start):
-            doc_file.verify()  # the reader may hold the rest of a small file: is it still the file?
-            records_iter = self._reader[2]
-        else:
-            records_iter = doc_file.records(*self.block_start)
-        records, size, eof = [], 0, True
-        for record in records_iter:
-            records.append(record)
-            size += len(record.raw)
-            if len(records) >= self.block_docs or size >= BLOCK_BYTES:
-                eof = False
-                break
-        end = (records[-1].end, records[-1].next_line) if records else self.block_start
-        self._reader = None if eof else (file_index, end, records_iter)
-        key = (self.epoch, file_index, self.block_start[1])  # by line: an edit elsewhere moves offsets
-        return Block(records, self._order(key, len(records)), end, eof)
-
-    def _advance(self, block: Block) -> None:
-        files = self.source.files
-        if not block.eof:
-            self.block_start = block.end
-        else:
-            self.file_pos, self.block_start = self.file_pos + 1, (0, 1)
-            if self.file_pos >= len(files):
-                self._end_epoch()
-                self.epoch, self.file_pos = self.epoch + 1, 0
-        self.taken, self._block = 0, None
-        self._pending.clear()
-
-    def _end_epoch(self) -> None:
-        """A pass over the source that found nothing to train on would loop for ever: refuse it."""
-        docs, readable, whole = self._epoch_seen
-        self._epoch_seen = [0, 0, True]
-        if not whole or readable:
-            return
-        if not docs:
-            raise LmlabError(f"source {self.source.name!r} has no documents to train on.")
-        raise LmlabError(f"source {self.source.name!r} has no document that can be read: every "
-                         f"one is a bad record (not a JSON object with a 'text' string). Fix: "
-                         "run `lmlab check CONFIG --data` and repair its files.")
-
     def state_dict(self) -> dict:
-        doc_file = self.source.files[self.file_index] if self.source.files else None
-        stamp = doc_file.stamp if doc_file is not None else None
-        return {"epoch": self.epoch, "file_pos": self.file_pos, "block": list(self.block_start),
-                "taken": self.taken, "buffer": self.buffer.tolist(),
-                "file_size": stamp.size if stamp else None}
+        return {**self.cursor.state_dict(), "buffer": self.buffer.tolist()}
 
     def load_state_dict(self, state: dict) -> None:
-        if "block" not in state:
-            raise LmlabError("this checkpoint's data position was written by an older lmlab that "
-                             "read documents at random across each file; the streaming reader cannot "
-                             "continue from it. Fix: resume with the lmlab version that wrote it, or "
-                             "start a new run (a new dump_dir).")
-        self.epoch, self.file_pos, self.taken = state["epoch"], state["file_pos"], state["taken"]
-        self.block_start = tuple(state["block"])
+        self.cursor.load_state_dict(state)
         self.buffer = np.asarray(state["buffer"], dtype=np.int64)
-        self._block, self._reader = None, None
         self._pending.clear()
-        self._epoch_seen = [0, 0, False]
-        if self.block_start[0] and state.get("file_size") is not None:
-            self._realign(state["file_size"])
 
     def snapshot(self) -> tuple:
         """The position, cheaply (for ``restore`` after a failed read)."""
-        return (self.epoch, self.file_pos, self.block_start, self.taken, self.buffer)
+        return self.cursor.snapshot(), self.buffer
 
     def restore(self, snap: tuple) -> None:
-        self.epoch, self.file_pos, self.block_start, self.taken, self.buffer = snap
-        self._block, self._reader = None, None
+        self.cursor.restore(snap[0])
+        self.buffer = snap[1]
         self._pending.clear()
-
-    def _realign(self, saved_size: int) -> None:
-        """A file edited since the checkpoint (a bad line repaired): find the block's line again."""
-        doc_file = self.source.files[self.file_index]
-        if doc_file.size == saved_size:
-            return
-        line = self.block_start[1]
-        self.block_start = (doc_file.line_offset(line), line)
 
 
 def encode_ids(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:

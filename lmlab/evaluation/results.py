@@ -20,10 +20,9 @@ import math
 from pathlib import Path
 
 from lmlab.atomic import write_text
-from lmlab.rundir import (EVAL_METRICS_FILE, EVAL_RESULTS_FILE, checkpoints_root, is_step_name,
-                          read_json, step_name)
+from lmlab.rundir import (EVAL_METRICS_FILE, EVAL_RESULTS_FILE, EVALS_DIR, checkpoints_root,
+                          is_step_name, read_json, step_name)
 
-EVALS_DIR = "evals"  # <run>/evals/<step>/eval_results.json: results of step checkpoints
 _FLAT_KEYS = ("task", "metric", "value", "stderr", "n", "seconds", "num_fewshot")
 
 

@@ -12,7 +12,6 @@ import torch
 from helpers import CONFIGS, TINY_TRANSFORMER, toy_texts, write_jsonl
 from lmlab import rundir
 from lmlab.cli import main
-from lmlab.data import loader as loader_module
 from lmlab.data.documents import DataChanged, DocumentFile
 from lmlab.data.loader import PackedLoader
 from lmlab.data.sources import DataConfig, training_sources
@@ -107,7 +106,7 @@ def test_a_repaired_line_moves_offsets_and_the_resume_finds_its_line(tmp_path):
     expected = [straight.next_batch() for _ in range(60)]
     first, stop = make(cfg, block_docs=2), 0
     stream = first.streams[0]
-    while not (stream.file_index == 1 and stream.block_start[1] > 3):  # past the bad line's block
+    while not (stream.cursor.file_index == 1 and stream.cursor.block_start[1] > 3):  # past the bad line's block
         first.next_batch()
         stop += 1
     state = json.loads(json.dumps(first.state_dict()))
@@ -152,7 +151,6 @@ def test_a_training_file_changed_during_a_run_stops_it_with_a_checkpoint(tmp_pat
         return real(self)
 
     monkeypatch.setattr(PackedLoader, "next_batch", rewriting)
-    monkeypatch.setattr(loader_module, "DEFAULT_BLOCK_DOCS", 8)
     run = tmp_path / "run"
     argv = ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, f"data.root_dir={root}",
             "data.sources={s: 1}", "data.seq_len=32", "data.shuffle_buffer=8", "steps=40",
