@@ -70,6 +70,7 @@ def preflight_problems(cfg: RunConfig, world_size: int = 1) -> list[Problem]:
     problems += tokenizers.check(data.tokenizer)
     vocab = tokenizers.configured_vocab_size(data.tokenizer)
     problems += registry.check(cfg.model, vocab, data.seq_len)
+    problems += tokenizers.check_model_vocab(data.tokenizer, getattr(cfg.model, "vocab_size", 0))
     problems += optim.check(cfg.optim, data.batch_size)
     problems += checkpoint.check(cfg.checkpoint)
     problems += metrics.check(cfg.logging)

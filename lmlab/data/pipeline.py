@@ -52,7 +52,7 @@ def prepare_tokenizer(cfg, run_dir: Path, texts: Callable[[], Iterable[str]]) ->
         tokenizer = load_tokenizer(saved)
         _check_same_tokenizer(cfg, tokenizer, saved)
         return tokenizer
-    tokenizer = load_tokenizer(Path(cfg.path)) if cfg.path else train_tokenizer(cfg, texts())
+    tokenizer = load_tokenizer(Path(cfg.path), cfg) if cfg.path else train_tokenizer(cfg, texts())
     save_tokenizer(tokenizer, saved)
     return tokenizer
 
@@ -62,7 +62,7 @@ def _check_same_tokenizer(cfg, tokenizer: Tokenizer, saved: Path) -> None:
     a config asking for another one is refused rather than silently ignored."""
     new_run = "or use a new dump_dir to start a run with the other tokenizer"
     if cfg.path:
-        wanted = load_tokenizer(Path(cfg.path))
+        wanted = load_tokenizer(Path(cfg.path), cfg)
         if wanted.to_json() != tokenizer.to_json():
             raise LmlabError(
                 f"data.tokenizer.path={cfg.path} is not the tokenizer this run was trained with "
