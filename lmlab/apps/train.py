@@ -134,7 +134,8 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
     resume = _main_first(d, lambda: _prepare_run_dir(run_dir, console, d))
     with events.phase("data"):
         # bad records are reported as they are met, also when their count stops the preparation
-        data = _main_first(d, lambda: build_data(cfg, run_dir, _bad_record_reporter(events, console)))
+        data = _main_first(d, lambda: build_data(cfg, run_dir, _bad_record_reporter(events, console),
+                                                  d.rank, d.world_size))
         for found in data.yields:  # tokens / windows per source (none is zero: refused above)
             console.line(found.line())
             events.emit("data_yield", **found.record())

@@ -63,10 +63,30 @@ class BadRecords:
         self._seen: set[tuple[str, int]] = set()
         self._told: set[str] = set()  # files whose first record this invocation already showed
         self._reported = 0
+        # processes reading different documents (data.readers) each meet their own records: the
+        # budget is judged on all of them, as exchanged at the loop's sync points (``absorb``)
+        self.shared = False
+        self._agreed = False
+        self._news: list[BadRecord] = []
 
     @property
     def exceeded(self) -> bool:
+        if self.shared:
+            return self._agreed
         return self.budget is not None and self.count > self.budget
+
+    def news(self) -> list[tuple[str, int, str]]:
+        """The records met here since the last call (for the other processes)."""
+        news, self._news = self._news, []
+        return [(r.file, r.line, r.reason) for r in news]
+
+    def absorb(self, records: list[tuple[str, int, str]]) -> None:
+        """Every process's news: after it, all processes count the same records and agree on the
+        budget."""
+        for file, line, reason in records:
+            self.add(file, line, reason)
+        self._news.clear()
+        self._agreed = self.budget is not None and self.count > self.budget
 
     def add(self, file: str, line: int, reason: str) -> None:
         """Count one skipped record (once per file:line) and report it."""
@@ -74,6 +94,7 @@ class BadRecords:
             return
         self._seen.add((file, line))
         record = BadRecord(file, line, reason)
+        self._news.append(record)
         self.count += 1
         self.per_file[file] = self.per_file.get(file, 0) + 1
         if len(self.records) < SAVED:
@@ -144,3 +165,15 @@ class BadRecords:
                 self.per_file[record.file] = self.per_file.get(record.file, 0) + 1
         unsaved = max(0, int(state.get("count", 0)) - len(state.get("records", [])))  # beyond SAVED
         self.count = len(self.records) + unsaved
+
+
+def merge_bad_records(states: list[dict]) -> dict:
+    """One ``state_dict`` from several processes' (each record once)."""
+    seen, records, beyond = set(), [], 0
+    for state in states:
+        for file, line, reason in state.get("records", []):
+            if (file, line) not in seen:
+                seen.add((file, line))
+                records.append([file, line, reason])
+        beyond += max(0, int(state.get("count", 0)) - len(state.get("records", [])))
+    return {"count": len(records) + beyond, "records": records[:SAVED]}

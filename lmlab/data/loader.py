@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.badrecords import BadRecords
+from lmlab.data.badrecords import BadRecords, merge_bad_records
 from lmlab.data.documents import DataChanged, bad_line_message, bad_line_what
 from lmlab.data.order import DEFAULT_BLOCK_DOCS, SourceCursor
 from lmlab.data.sources import Source
@@ -58,9 +58,9 @@ class PackedStream:
     """
 
     def __init__(self, source: Source, index: int, tokenizer: Tokenizer, window: int, seed: int,
-                 shuffle: bool = True, block_docs: int = DEFAULT_BLOCK_DOCS):
+                 shuffle: bool = True, block_docs: int = DEFAULT_BLOCK_DOCS, reader: tuple[int, int] = (0, 1)):
         self.source, self.tokenizer, self.window = source, tokenizer, window
-        self.cursor = SourceCursor(source, index, seed, shuffle, block_docs)
+        self.cursor = SourceCursor(source, index, seed, shuffle, block_docs, reader)
         self.buffer = np.zeros(0, dtype=np.int64)  # tokens not yet in a window (never changed in place)
         self._pending: deque = deque()  # (record, ids or None, error or None), read ahead of the cursor
 
@@ -129,66 +129,148 @@ def encode_ids(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
 
 
 class PackedLoader:
-    """Endless (batch_size, seq_len + 1) int64 batches; each row drawn from a source by weight."""
+    """Endless (batch_size, seq_len + 1) int64 batches; each row drawn from a source by weight.
+
+    ``readers`` (``data.readers``; None: one per process, or what the checkpoint says) split every
+    source's documents (``order.SourceCursor``). Row j of a batch belongs to one reader: each
+    micro-batch (``micro_batches``, the step's ``grad_accum``) is cut into ``readers`` equal runs of
+    rows, in order, which is how the step deals a micro-batch out to the processes. When the
+    ``world_size`` processes divide the readers evenly, this process (``rank``) runs only its own
+    readers and fills the other rows with BOS (never trained on: the step keeps its own rows), so
+    processes read disjoint documents; otherwise every process runs every reader. Either way the
+    batch rows, and so the run, are the same for any number of processes with the same readers.
+    """
 
     def __init__(self, sources: list[Source], tokenizer: Tokenizer, batch_size: int, seq_len: int,
                  seed: int, shuffle: bool = True, bad_records: BadRecords | None = None,
-                 block_docs: int = DEFAULT_BLOCK_DOCS):
+                 block_docs: int = DEFAULT_BLOCK_DOCS, readers: int | None = 1, rank: int = 0,
+                 world_size: int = 1, micro_batches: int = 1):
         self.batch_size, self.seq_len = batch_size, seq_len
         self.bad_records = bad_records  # the skipped records are part of the position (the budget is the run's)
-        self.streams = [PackedStream(s, i, tokenizer, seq_len + 1, seed, shuffle, block_docs)
-                        for i, s in enumerate(sources)]
+        self._make = lambda k, n: [PackedStream(s, i, tokenizer, seq_len + 1, seed, shuffle, block_docs, (k, n))
+                                   for i, s in enumerate(sources)]
+        self.names = [s.name for s in sources]
+        self.fill = tokenizer.bos_id
+        self.rank, self.world_size, self.micro_batches = rank, world_size, micro_batches
+        self.adopt_readers = readers is None  # a resumed run keeps the readers it was trained with
+        self._set_readers(readers or world_size)
         weights = np.array([s.weight for s in sources], dtype=np.float64)
         self.probs = weights / weights.sum()
         self.rng = np.random.default_rng([seed, 7919])  # separate stream from the document orders
 
+    def _set_readers(self, readers: int) -> None:
+        rows = rows_of_readers(self.batch_size, self.micro_batches, readers)
+        if rows is None and self.adopt_readers:  # the default does not fit the batch: one reader
+            readers, rows = 1, rows_of_readers(self.batch_size, self.micro_batches, 1)
+        if rows is None:
+            raise LmlabError(f"data.readers={readers} does not divide the rows of each micro-batch "
+                             f"(data.batch_size={self.batch_size}, training.grad_accum={self.micro_batches})."
+                             " Fix: set data.readers to a divisor of them (e.g. the number of processes), "
+                             "or data.readers=1.")
+        disjoint = readers % self.world_size == 0
+        share = readers // self.world_size
+        owned = range(self.rank * share, (self.rank + 1) * share) if disjoint else range(readers)
+        self.readers, self.row_reader = readers, rows
+        self.disjoint = disjoint and self.world_size > 1  # processes read different documents
+        self.streams_of = {k: self._make(k, readers) for k in owned}
+
+    @property
+    def streams(self) -> list[PackedStream]:
+        """The first reader's stream of each source (all of them with one reader)."""
+        return self.streams_of[min(self.streams_of)]
+
     def next_batch(self) -> torch.Tensor:
         """The next batch; a data file that changed under the read leaves the position where it
         was before this batch (so the checkpoint written before stopping is exact) and raises."""
-        before = (self.rng.bit_generator.state, [s.snapshot() for s in self.streams])
+        before = self._snapshot()
         try:
-            picks = self.rng.choice(len(self.streams), size=self.batch_size, p=self.probs)
-            rows = [self.streams[i].next_window() for i in picks]
+            picks = self.rng.choice(len(self.names), size=self.batch_size, p=self.probs)
+            rows = [self._row(j, int(i)) for j, i in enumerate(picks)]
         except DataChanged:
-            self.rng.bit_generator.state = before[0]
-            for stream, snap in zip(self.streams, before[1]):
-                stream.restore(snap)
+            self._restore(before)
             raise
         return torch.from_numpy(np.stack(rows))
+
+    def _row(self, j: int, source: int) -> np.ndarray:
+        streams = self.streams_of.get(self.row_reader[j])
+        if streams is None:  # another process's row
+            return np.full(self.seq_len + 1, self.fill, dtype=np.int64)
+        return streams[source].next_window()
+
+    def _snapshot(self) -> tuple:
+        return (self.rng.bit_generator.state,
+                {k: [s.snapshot() for s in streams] for k, streams in self.streams_of.items()})
+
+    def _restore(self, snap: tuple) -> None:
+        self.rng.bit_generator.state = snap[0]
+        for k, streams in self.streams_of.items():
+            for stream, saved in zip(streams, snap[1][k]):
+                stream.restore(saved)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         while True:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        state = {"rng": self.rng.bit_generator.state, "streams": [s.state_dict() for s in self.streams],
-                 "sources": [s.source.name for s in self.streams]}
+        """This process's part of the position (``merge_states`` joins every process's part)."""
+        state = {"rng": self.rng.bit_generator.state, "readers": self.readers, "sources": self.names,
+                 "streams": {str(k): [s.state_dict() for s in streams] for k, streams in self.streams_of.items()}}
         if self.bad_records is not None:
             state["bad_records"] = self.bad_records.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        now, saved = [s.source.name for s in self.streams], state.get("sources")
-        if (saved is not None and saved != now) or len(state["streams"]) != len(self.streams):
-            was = saved if saved is not None else f"{len(state['streams'])} source(s)"
+        saved, readers = state.get("sources"), state.get("readers", 1)
+        streams = state["streams"] if isinstance(state["streams"], dict) else {"0": state["streams"]}
+        if (saved is not None and saved != self.names) or len(next(iter(streams.values()))) != len(self.names):
+            was = saved if saved is not None else f"{len(next(iter(streams.values())))} source(s)"
             raise LmlabError(f"data.sources changed since the checkpoint: it was written reading {was}, "
-                             f"this config reads {now}, so the data position cannot carry over. Fix: "
+                             f"this config reads {self.names}, so the data position cannot carry over. Fix: "
                              "resume with the data.sources the run was trained with (its config.yaml), "
                              "or use a new dump_dir to train on the new mix.")
+        if readers != self.readers:
+            if not self.adopt_readers:
+                raise LmlabError(f"data.readers={self.readers}, but the checkpoint was written with "
+                                 f"data.readers={readers}, so its data position cannot carry over. Fix: "
+                                 f"set data.readers={readers} (or null) to resume, or use a new dump_dir.")
+            self._set_readers(readers)
         self.rng.bit_generator.state = state["rng"]
-        for stream, stream_state in zip(self.streams, state["streams"], strict=True):
-            stream.load_state_dict(stream_state)
+        for k, own in self.streams_of.items():
+            for stream, stream_state in zip(own, streams[str(k)], strict=True):
+                stream.load_state_dict(stream_state)
         if self.bad_records is not None and "bad_records" in state:
             self.bad_records.load_state_dict(state["bad_records"], self._still_bad(state["bad_records"]))
 
     def _still_bad(self, saved: dict):
         """A line repaired since the checkpoint counts no more: one pass per file that had any."""
-        files = {f.name: f for stream in self.streams for f in stream.source.files}
+        files = {f.name: f for streams in self.streams_of.values() for s in streams for f in s.source.files}
         wanted: dict[str, set[int]] = {}
         for name, line, _ in saved.get("records", []):
             wanted.setdefault(name, set()).add(int(line))
         bad = {name: files[name].bad_among(lines) for name, lines in wanted.items() if name in files}
         return lambda name, line: line in bad.get(name, ())
+
+
+def rows_of_readers(batch_size: int, micro_batches: int, readers: int) -> list[int] | None:
+    """The reader of each row: every micro-batch (``Tensor.chunk``, as the step cuts them) in
+    ``readers`` equal runs; None when they are not equal."""
+    rows = []
+    for chunk in torch.arange(batch_size).chunk(micro_batches):
+        if len(chunk) % readers:
+            return None
+        rows += [i * readers // len(chunk) for i in range(len(chunk))]
+    return rows
+
+
+def merge_states(states: list[dict]) -> dict:
+    """One position from every process's ``PackedLoader.state_dict()``: each reader's streams from
+    the process that ran it, the bad records of all."""
+    merged = dict(states[0])
+    merged["streams"] = {k: v for state in states for k, v in state["streams"].items()}
+    if "bad_records" in merged:
+        merged["bad_records"] = merge_bad_records([s["bad_records"] for s in states])
+    return merged
+
 
 def validation_windows(sources: list[Source], tokenizer: Tokenizer, seq_len: int,
                        max_windows: int | None = None, tally: dict | None = None) -> torch.Tensor:

@@ -6,6 +6,11 @@ block are visited in a seeded permutation of the block: a shuffle buffer whose o
 function of (seed, source, epoch, file, the block's first line), so a resumed run reads the block
 again and carries on exactly. Reads are sequential and memory is one block, whatever the corpus.
 
+Several readers (``reader=(k, R)``, one or more per process under ``--nproc``) split every block:
+reader k takes the documents at positions k, k + R, ... of the block's order, so readers read
+disjoint documents that together cover the source once per pass (each reads the file front to
+back, as Lingua's ranks do, and parses and tokenizes only its own documents).
+
 The position is (epoch, file, block start as (byte offset, line), documents of the block taken):
 four small integers. The line makes it robust to an edit of the file between two invocations (a
 bad line repaired moves every later byte offset): a resumed cursor finds the block's line again.
@@ -29,7 +34,7 @@ class Block:
     """Consecutive documents of one file, visited in ``order``."""
 
     records: list[Record]
-    order: np.ndarray
+    order: np.ndarray  # this reader's share of the block, in visiting order
     end: tuple[int, int]  # (byte offset, line) after the last record: where the next block starts
     eof: bool  # the file has no document after this block
 
@@ -38,9 +43,9 @@ class SourceCursor:
     """The reading position in one source (``index``: its place in the run's source list)."""
 
     def __init__(self, source: Source, index: int, seed: int, shuffle: bool = True,
-                 block_docs: int = DEFAULT_BLOCK_DOCS):
+                 block_docs: int = DEFAULT_BLOCK_DOCS, reader: tuple[int, int] = (0, 1)):
         self.source, self.index, self.seed = source, index, seed
-        self.shuffle, self.block_docs = shuffle, block_docs
+        self.shuffle, self.block_docs, self.reader = shuffle, block_docs, reader
         self.epoch = self.file_pos = self.taken = 0
         self.block_start = (0, 1)
         self._orders: dict[tuple, np.ndarray] = {}
@@ -60,7 +65,7 @@ class SourceCursor:
         """The next ``n`` documents of the current block (fewer at its end), not yet taken; moves
         on to the next block, file or epoch first when this block is used up."""
         block = self._current_block()
-        while self.taken >= len(block.records):
+        while self.taken >= len(block.order):
             self._advance(block)
             block = self._current_block()
         return [block.records[i] for i in block.order[self.taken: self.taken + n]]
@@ -105,7 +110,8 @@ class SourceCursor:
         end = (records[-1].end, records[-1].next_line) if records else self.block_start
         self._reader = None if eof else (file_index, end, records_iter)
         key = (self.epoch, file_index, self.block_start[1])  # by line: an edit elsewhere moves offsets
-        return Block(records, self._order(key, len(records)), end, eof)
+        k, readers = self.reader
+        return Block(records, self._order(key, len(records))[k::readers], end, eof)
 
     def _advance(self, block: Block) -> None:
         if not block.eof:
@@ -123,6 +129,11 @@ class SourceCursor:
         self._seen = [0, 0, True]
         if not whole or readable:
             return
+        if not docs and self.reader[1] > 1:
+            k, readers = self.reader
+            raise LmlabError(f"source {self.source.name!r} has no documents for reader {k} of {readers}: "
+                             f"fewer documents than data.readers={readers} share. Fix: set "
+                             "data.readers=1 (every process reads every document), or add documents.")
         if not docs:
             raise LmlabError(f"source {self.source.name!r} has no documents to train on.")
         raise LmlabError(f"source {self.source.name!r} has no document that can be read: every "

@@ -75,10 +75,12 @@ def _check_same_tokenizer(cfg, tokenizer: Tokenizer, saved: Path) -> None:
             f"trained with). Fix: set data.tokenizer.name={tokenizer.name} to resume, {new_run}.")
 
 
-def build_data(cfg, run_dir: Path, on_record: OnRecord | None = None) -> RunData:
-    """Tokenizer, training loader and validation batches of run config ``cfg``. The bad records
-    skipped meanwhile go to ``on_record`` as they are met (also those of a preparation that goes
-    over the budget and stops); without it they wait in ``bad_records`` for ``attach``."""
+def build_data(cfg, run_dir: Path, on_record: OnRecord | None = None, rank: int = 0,
+               world_size: int = 1) -> RunData:
+    """Tokenizer, training loader and validation batches of run config ``cfg`` for process ``rank``
+    of ``world_size`` (its readers: ``data.readers``). The bad records skipped meanwhile go to
+    ``on_record`` as they are met (also those of a preparation that goes over the budget and
+    stops); without it they wait in ``bad_records`` for ``attach``."""
     data = cfg.data
     bad = BadRecords(sources.bad_record_budget(data), on_record)
     steps_per_epoch = 0
@@ -100,7 +102,10 @@ def build_data(cfg, run_dir: Path, on_record: OnRecord | None = None) -> RunData
         found = [yields.training_yield(s, tokenizer, data.seq_len, _source_key(data, s.name))
                  for s in train_sources]
         train = loader.PackedLoader(train_sources, tokenizer, data.batch_size, data.seq_len, cfg.seed,
-                                    data.shuffle, bad_records=bad, block_docs=data.shuffle_buffer)
+                                    data.shuffle, bad_records=bad, block_docs=data.shuffle_buffer,
+                                    readers=data.readers, rank=rank, world_size=world_size,
+                                    micro_batches=cfg.training.grad_accum)
+        bad.shared = train.disjoint
         total = cfg.steps
     val = build_validation(cfg, tokenizer, bad)
     if cfg.eval.validation.enabled:

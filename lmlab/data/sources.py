@@ -61,6 +61,13 @@ class DataConfig:
     skip_bad_lines: bool = field(default=False, metadata={
         "help": "Older setting, kept so that older configs load: true lifts the data.max_bad_records "
                 "limit (every bad record is skipped and counted)."})
+    readers: int | None = field(default=None, metadata={
+        "help": "Disjoint document readers per source (each takes every R-th document of each "
+                "shuffled block). Processes under --nproc run their own readers, so they read and "
+                "tokenize different documents; the batches depend on the readers, not on the "
+                "number of processes (set it to compare runs on 1 and N processes batch for "
+                "batch). null: one per process at the run's start, then what the run was started "
+                "with (1 when that does not divide the rows of a micro-batch)."})
     prefetch: int | None = field(default=None, metadata={
         "help": "Training batches read ahead by a background thread (pinned memory on a GPU, so "
                 "the copy overlaps the step); the batches and resume positions are unchanged. "
@@ -159,6 +166,9 @@ def check(cfg: DataConfig, validation_enabled: bool) -> list[Problem]:
     if cfg.shuffle_buffer < 1:
         problems.append(Problem("data.shuffle_buffer", f"must be >= 1, got {cfg.shuffle_buffer}.",
                                 "set data.shuffle_buffer=1024 (or 1 to keep file order)"))
+    if cfg.readers is not None and cfg.readers < 1:
+        problems.append(Problem("data.readers", f"must be >= 1 or null, got {cfg.readers}.",
+                                "set data.readers=null (one per process) or a positive number"))
     if cfg.prefetch is not None and cfg.prefetch < 0:
         problems.append(Problem("data.prefetch", f"must be >= 0 or null, got {cfg.prefetch}.",
                                 "set data.prefetch=0 (no read-ahead) or null (auto)"))

@@ -21,6 +21,7 @@ from lmlab import rundir
 from lmlab.data.documents import DataChanged
 from lmlab.data.prefetch import Prefetcher
 from lmlab.errors import LmlabError
+from lmlab.training import distributed
 
 
 def fetch_batch(trainer, step: int) -> torch.Tensor:
@@ -33,7 +34,19 @@ def fetch_batch(trainer, step: int) -> torch.Tensor:
     try:
         return train.next_batch()
     except DataChanged as err:
+        if getattr(getattr(train, "loader", train), "disjoint", False):
+            # only this process met it: a checkpoint needs them all (the others stop with it)
+            raise LmlabError(f"{err}\nStopped at step {step}; the run resumes from its last "
+                             f"checkpoint: {trainer.resume_command}.") from None
         raise LmlabError(f"{err}\n{_stop(trainer, step)}") from None
+
+
+def share_bad_records(data, d) -> None:
+    """At a sync point: processes reading different documents tell each other the bad records
+    they met, so that all count the same and stop at the same step when over the budget."""
+    bad = getattr(data, "bad_records", None)
+    if bad is not None and bad.shared:
+        bad.absorb([record for news in distributed.gather_objects(bad.news(), d) for record in news])
 
 
 def _stop(trainer, step: int) -> str:

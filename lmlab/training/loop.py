@@ -20,7 +20,7 @@ import torch
 
 from lmlab import rundir
 from lmlab.training import checkpoint as ckpt
-from lmlab.training.batches import fetch_batch
+from lmlab.training.batches import fetch_batch, share_bad_records
 from lmlab.training.build import TrainingParts
 from lmlab.training.distributed import SINGLE, Dist
 from lmlab.training.console import Console, LogWindow, format_train_line, format_val_line
@@ -94,6 +94,8 @@ class Trainer:
                 if cfg.checkpoint.due(step, total) or step == cfg.training.stop_at:
                     self._save(step, finished=step == total)
             sync_point = cfg.logging.due(step, total) or cfg.checkpoint.due(step, total)
+            if sync_point:
+                share_bad_records(self.data, self.d)
             if step < total and self.preemption.agreed(self.d, sync_point):
                 return self._preempt(step)
             if cfg.training.stops_at(step, total):

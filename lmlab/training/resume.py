@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab import rundir
+from lmlab.data.loader import merge_states
 from lmlab.training import checkpoint as ckpt
 from lmlab.training import distributed
 from lmlab.training.build import TrainingParts
@@ -62,12 +63,21 @@ def saved_state(state: TrainState, finished: bool, parts: TrainingParts, data, o
     (data position, RNG, scheduler, scaler) plus the resolved model config evaluation rebuilds.
     Every rank calls it (it gathers each rank's RNG state)."""
     rng = distributed.gather_objects(ckpt.rng_state(), d)
-    return {**state.to_saved(), "finished": finished, "loader": data.train.state_dict(),
+    return {**state.to_saved(), "finished": finished, "loader": _loader_state(data.train, d),
             "rng": rng[0], **({"rng_by_rank": rng} if d.enabled else {}),
             "scheduler": {"name": optim_cfg.scheduler, "lr": parts.optimizer.param_groups[0]["lr"],
                           "warmup": optim_cfg.warmup, "total_steps": data.total_steps},
             "scaler": parts.scaler.state_dict() if parts.scaler else None,
             "model": dataclasses.asdict(parts.model_cfg)}
+
+
+def _loader_state(train, d: Dist) -> dict:
+    """The data position; processes that read different documents (``data.readers``) each hold
+    their readers' part, joined here (every rank calls it: a collective)."""
+    state = train.state_dict()
+    if getattr(getattr(train, "loader", train), "disjoint", False):
+        state = merge_states(distributed.gather_objects(state, d))
+    return state
 
 
 def restore(parts: TrainingParts, loader, resume: Resume, d: Dist) -> TrainState:

@@ -12,10 +12,12 @@ import torch
 from helpers import CONFIGS, TINY_TRANSFORMER, toy_texts, write_jsonl
 from lmlab import rundir
 from lmlab.cli import main
+from lmlab.data import loader as loader_module
 from lmlab.data.documents import DataChanged, DocumentFile
 from lmlab.data.loader import PackedLoader
 from lmlab.data.sources import DataConfig, training_sources
 from lmlab.data.tokenizers import ByteTokenizer
+from lmlab.errors import LmlabError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,3 +165,66 @@ def test_a_training_file_changed_during_a_run_stops_it_with_a_checkpoint(tmp_pat
     monkeypatch.setattr(PackedLoader, "next_batch", real)
     path.write_bytes(original)
     assert main(argv) == 0
+
+
+def marked_corpus(root, n_files=3, per_file=40):
+    """Every document a distinct marker <fFdDDD> (so a window tells which documents it holds)."""
+    for f in range(n_files):
+        write_jsonl(root / "s" / f"s.chunk.{f:02d}.jsonl", [f"<f{f}d{d:03d}>" for d in range(per_file)])
+    return DataConfig(source="jsonl", root_dir=str(root), sources={"s": 1.0})
+
+
+def documents_of(batches) -> list[str]:
+    text = bytes(t for b in batches for row in b for t in row[1:].tolist() if t < 256).decode()
+    return re.findall(r"<f\d+d\d{3}>", text)
+
+
+def test_two_ranks_read_disjoint_documents_that_cover_the_source_once(tmp_path):
+    """Each process runs its reader: its rows hold its documents only, none of the other's, and
+    together one pass over the source; the rows equal those of one process running both readers."""
+    cfg = marked_corpus(tmp_path)
+    common = dict(block_docs=16, readers=2, world_size=2)
+    rank = [PackedLoader(training_sources(cfg), ByteTokenizer(), 4, 9, 1, rank=r, **common) for r in (0, 1)]
+    both = PackedLoader(training_sources(cfg), ByteTokenizer(), 4, 9, 1, block_docs=16, readers=2)
+    assert rank[0].disjoint and not both.disjoint
+    steps = 24  # 24 x 2 rows x 8 tokens of 11-byte documents per reader: ~ 35 of its 60 documents
+    mine = [[], []]
+    for _ in range(steps):
+        whole = both.next_batch()
+        for r in (0, 1):
+            batch = rank[r].next_batch()
+            rows = slice(2 * r, 2 * r + 2)  # what the step gives rank r (tensor_split of 4 rows)
+            assert torch.equal(batch[rows], whole[rows])
+            mine[r].append(batch[rows])
+    docs = [set(documents_of(m)) for m in mine]
+    assert docs[0] and docs[1] and not docs[0] & docs[1]
+    # one pass (a data epoch) of each reader covers its share; the two shares are the whole source
+    passes = []
+    for r in (0, 1):
+        stream = PackedLoader(training_sources(cfg), ByteTokenizer(), 4, 9, 1, rank=r, **common).streams[0]
+        seen = []
+        while stream.cursor.epoch == 0:
+            seen.append(bytes(stream._next_document()[1:-1].tolist()).decode())
+        passes.append(seen[:-1] if stream.cursor.epoch else seen)  # the last one opened epoch 1
+    assert not set(passes[0]) & set(passes[1])
+    assert sorted(passes[0] + passes[1]) == sorted(f"<f{f}d{d:03d}>" for f in range(3) for d in range(40))
+
+
+def test_the_ranks_positions_merge_into_one_that_any_process_count_resumes(tmp_path):
+    cfg = marked_corpus(tmp_path)
+    straight = PackedLoader(training_sources(cfg), ByteTokenizer(), 4, 9, 1, block_docs=16, readers=2)
+    expected = [straight.next_batch() for _ in range(30)]
+    ranks = [PackedLoader(training_sources(cfg), ByteTokenizer(), 4, 9, 1, block_docs=16, readers=2,
+                          rank=r, world_size=2) for r in (0, 1)]
+    for _ in range(11):
+        for loader in ranks:
+            loader.next_batch()
+    state = json.loads(json.dumps(loader_module.merge_states([r.state_dict() for r in ranks])))
+    one = PackedLoader(training_sources(cfg), ByteTokenizer(), 4, 9, 1, block_docs=16, readers=None)
+    one.load_state_dict(state)
+    assert one.readers == 2
+    for want in expected[11:]:
+        assert torch.equal(one.next_batch(), want)
+    fixed = PackedLoader(training_sources(cfg), ByteTokenizer(), 4, 9, 1, block_docs=16, readers=1)
+    with pytest.raises(LmlabError, match=r"checkpoint was written with data.readers=2.*Fix: set data.readers=2"):
+        fixed.load_state_dict(state)

@@ -42,7 +42,8 @@ def corpus(tmp_path_factory) -> Path:
 def transformer_args(corpus: Path, run: Path, *extra: str) -> list[str]:
     return ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(corpus),
             "data.batch_size=8", f"steps={STEPS}", "checkpoint.every=10", "logging.progress_bar=false",
-            f"dump_dir={run}", *extra]
+            # two readers on one process, one each on two: the processes read disjoint documents
+            "data.readers=2", f"dump_dir={run}", *extra]
 
 
 def torchrun(args: list[str], nproc: int = 2, timeout: float = 120, script: list[str] | None = None,

@@ -1,0 +1,41 @@
+"""Two processes that read different documents (``data.readers``) still judge the bad-record budget
+on all of them: a bad line only one rank meets stops both, at one step, after one checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import CONFIGS, REPO, TINY_TRANSFORMER, toy_texts, write_jsonl
+from lmlab import rundir
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_bad_record_one_rank_meets_stops_both_ranks_at_one_checkpoint(tmp_path):
+    root = tmp_path / "data"
+    texts = [json.dumps({"text": t}) for t in toy_texts("s", 300)]
+    texts[7] = '{"text": "cut off'  # in the first block: one reader meets it early
+    path = root / "s" / "s.chunk.00.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(texts) + "\n")
+    write_jsonl(root / "s" / "s.val.jsonl", toy_texts("v", 30))
+    run = tmp_path / "run"
+    args = ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, f"data.root_dir={root}",
+            "data.sources={s: 1}", "data.seq_len=32", "data.batch_size=4", "data.readers=2",
+            "data.shuffle_buffer=16", "data.max_bad_records=0", "steps=30", "logging.every=3",
+            "checkpoint.every=100", "logging.progress_bar=false", f"dump_dir={run}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "lmlab", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode != 0
+    assert f"{path}:8: malformed JSON" in out.stdout + out.stderr
+    assert "over the budget data.max_bad_records=0" in out.stdout + out.stderr
+    # the first sync point after the record: step 3 (logging.every=3), checkpointed by both ranks
+    assert [p.name for p in rundir.step_checkpoints(run)] == [rundir.step_name(3)]
+    state = rundir.read_train_state(run / "checkpoints" / rundir.step_name(3))
+    assert state["loader"]["readers"] == 2 and sorted(state["loader"]["streams"]) == ["0", "1"]
+    assert state["loader"]["bad_records"]["count"] == 1
