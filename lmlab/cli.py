@@ -28,6 +28,8 @@ COMMANDS = {
     "export": ("export", "export a run or checkpoint to a Hugging Face transformers folder"),
     "slurm": ("slurm", "write a SLURM batch script for a run (code snapshot, requeue on preemption) and "
                        "submit it with sbatch"),
+    "data": ("data", "tokenize a corpus once into token shards (data prepare), show what a prepared "
+                     "folder holds (data inspect)"),
 }
 CONFIG_COMMANDS = ("train", "check", "info")
 
@@ -51,13 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     _generate_arguments(commands["generate"])
     _report_arguments(commands["report"])
     _slurm_arguments(commands["slurm"])
+    _data_arguments(commands["data"])
     commands["runs"].add_argument("root", nargs="?", default="runs", metavar="ROOT")
     export = commands["export"]
     export.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     export.add_argument("--format", choices=["hf"], default="hf", help="hf: transformers folder")
     export.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
     export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    export.add_argument("--force", action="store_true",
+                        help="replace a previous lmlab export at --out (never a run or other files)")
     return parser
 
 
@@ -104,6 +108,45 @@ def _slurm_arguments(slurm: argparse.ArgumentParser) -> None:
                        help="CPUs per node for its G processes (default 4 x G)")
     slurm.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node")
     slurm.add_argument("--dry-run", action="store_true", help="write the script, do not submit it")
+
+
+def _data_arguments(data: argparse.ArgumentParser) -> None:
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    text = ("tokenize SOURCE with N processes into token shards in DIR (train on them with "
+            "data.source=prepared data.path=DIR); interrupted, the same command continues")
+    prepare = sub.add_parser("prepare", help=text, description=text)
+    prepare.add_argument("source", metavar="SOURCE", help="a Lingua source folder (*.chunk.*.jsonl train, "
+                         "*.val.jsonl validation), a jsonl or text file or folder of them (*.txt: "
+                         "paragraphs), or a local Hugging Face dataset (save_to_disk folder, *.parquet, "
+                         "*.arrow)")
+    prepare.add_argument("--out", required=True, metavar="DIR", help="the folder to write (or to finish)")
+    prepare.add_argument("--val", default="", metavar="PATH",
+                         help="validation data for a source without its own (a file or folder)")
+    prepare.add_argument("--tokenizer", default="", metavar="NAME",
+                         help="bytes (default), bpe / word (trained on SOURCE), hf, sentencepiece, tiktoken")
+    prepare.add_argument("--tokenizer-path", default="", metavar="PATH",
+                         help="a tokenizer file (a run's tokenizer.json, or hf / sentencepiece / tiktoken)")
+    prepare.add_argument("--vocab-size", type=int, default=0, metavar="N", help="bpe / word: vocabulary size")
+    prepare.add_argument("--bos", default="", metavar="TOKEN", help="tokenizer files: the BOS token")
+    prepare.add_argument("--eos", default="", metavar="TOKEN", help="tokenizer files: the EOS token")
+    prepare.add_argument("--workers", type=int, default=0, metavar="N",
+                         help="tokenizing processes (default: one per CPU); the shards do not depend on it")
+    prepare.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N",
+                         help="tokens per shard (a shard closes at the first unit of work past it)")
+    prepare.add_argument("--max-bad-records", type=int, default=100, metavar="N",
+                         help="bad records to skip and count before stopping (-1: no limit)")
+    prepare.add_argument("--split", default="train", metavar="NAME", help="Hugging Face datasets: training split")
+    prepare.add_argument("--val-split", default="validation", metavar="NAME",
+                         help="Hugging Face datasets: validation split, if the dataset has it")
+    prepare.add_argument("--text-field", default="text", metavar="NAME",
+                         help="Hugging Face datasets: the column holding the text")
+    prepare.add_argument("--quiet", action="store_true", help="no progress bar")
+    text = "show what a prepared folder holds: manifest, token counts, tokenizer, bad records, a sample"
+    inspect = sub.add_parser("inspect", help=text, description=text)
+    inspect.add_argument("folder", metavar="DIR")
+    inspect.add_argument("--docs", type=int, default=2, metavar="N", help="training documents to decode")
+    inspect.add_argument("--chars", type=int, default=300, metavar="N", help="characters shown of each")
+    inspect.add_argument("--verify", action="store_true", help="also check every shard's sha256")
 
 
 def main(argv: list[str] | None = None) -> int:

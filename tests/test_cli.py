@@ -83,7 +83,7 @@ def test_a_crash_after_preflight_is_recorded_and_reported_in_one_line(tmp_path, 
     import lmlab.apps.train as train_app
     from lmlab.reports.status import run_status
 
-    def vanished(cfg, run_dir, on_record=None):  # e.g. the data deleted between preflight and loading
+    def vanished(cfg, run_dir, on_record=None, rank=0, world_size=1):  # e.g. the data deleted between preflight and loading
         raise FileNotFoundError(2, "No such file or directory", str(jsonl_root / "alpha"))
 
     monkeypatch.setattr(train_app, "build_data", vanished)

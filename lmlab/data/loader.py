@@ -262,6 +262,16 @@ def rows_of_readers(batch_size: int, micro_batches: int, readers: int) -> list[i
     return rows
 
 
+def own_rows(batch_size: int, micro_batches: int, rank: int, world_size: int) -> np.ndarray:
+    """(batch_size,) bool: the rows of a global batch that process ``rank`` trains on. The step
+    cuts a batch into micro-batches with ``Tensor.chunk`` and gives each process its
+    ``tensor_split`` share of each (``training.step``, ``distributed.shard_rows``): the same here."""
+    own = np.zeros(batch_size, dtype=bool)
+    for chunk in torch.arange(batch_size).chunk(micro_batches):
+        own[chunk.tensor_split(world_size)[rank].numpy()] = True
+    return own
+
+
 def merge_states(states: list[dict]) -> dict:
     """One position from every process's ``PackedLoader.state_dict()``: each reader's streams from
     the process that ran it, the bad records of all."""

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from lmlab.data import loader, sources, wikitext, yields
+from lmlab.data import loader, prepared, sources, wikitext, yields
 from lmlab.data.badrecords import BadRecords, OnRecord, warn
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 from lmlab.errors import LmlabError
@@ -94,6 +94,9 @@ def build_data(cfg, run_dir: Path, on_record: OnRecord | None = None, rank: int 
         train = wikitext.SequenceLoader(sequences, data.batch_size, cfg.seed, data.shuffle)
         steps_per_epoch = train.batches_per_epoch
         total = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.steps
+    elif data.source == "prepared":  # token shards written by `lmlab data prepare` (data/prepared.py)
+        tokenizer, train, found = prepared.training_data(cfg, run_dir, rank, world_size)
+        total = cfg.steps
     else:
         train_sources = sources.training_sources(data, bad)
         tokenizer = prepare_tokenizer(
@@ -147,6 +150,10 @@ def build_validation(cfg, tokenizer: Tokenizer, bad: BadRecords | None = None) -
                                                _split_file(data, data.val_split), len(sequences),
                                                data.seq_len))
             return sequences
+        if data.source == "prepared":
+            out, prepared_yields = prepared.validation_data(data, tokenizer, limit)
+            found.extend(prepared_yields)
+            return out
         val_sources, tally = sources.validation_sources(data, bad), {}
         out = loader.validation_windows(val_sources, tokenizer, data.seq_len, limit, tally)
         bad.check("Stopped while reading the validation data.")

@@ -2,7 +2,7 @@
 speed, and report every bad line at once (``file:line: reason``), instead of meeting them one at a
 time during training.
 
-A jsonl line is good when it is UTF-8, one JSON object, with a ``text`` string (``sources.
+A jsonl line is good when it is UTF-8, one JSON object, with a ``text`` string (``documents.
 parse_record``, the very rule training reads by); a text file (``data.source`` text, a local
 WikiText-2 copy) must be UTF-8. Blank lines are not documents and are not counted as bad. A source
 whose every document has empty text is reported too: it would train on BOS/EOS alone.
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from lmlab.data import sources, wikitext
 from lmlab.data.badrecords import BadRecord
+from lmlab.data.documents import bad_line_what, parse_record
 from lmlab.errors import LmlabError
 from lmlab.humanize import si
 
@@ -114,6 +115,9 @@ def data_files(cfg: sources.DataConfig) -> tuple[list[DataFile], list[str]]:
                 found.append(DataFile(role, f"split {split}", path, "text"))
             else:
                 skipped.append(f"WikiText-2 split {split} (no local copy in data.path: read from the hub)")
+    elif cfg.source == "prepared":
+        skipped.append(f"data.source=prepared (token shards, checked when they were written: "
+                       f"`lmlab data inspect {cfg.path} --verify` reads them again)")
     else:
         skipped.append(f"data.source={cfg.source} (bundled with lmlab)")
     return found, skipped
@@ -209,10 +213,10 @@ def scan_block(block: bytes, jsonl: bool, size: int) -> tuple[int, int, int, lis
         if not raw.strip(ASCII_SPACE if isinstance(raw, str) else None):
             continue  # a blank line: no document (as the loader sees it)
         try:
-            text = sources.parse_record(raw) if jsonl else \
+            text = parse_record(raw) if jsonl else \
                 (raw if isinstance(raw, str) else raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-            bad.append((number, sources.bad_line_what(err)))
+            bad.append((number, bad_line_what(err)))
             continue
         documents += 1
         empty += not text.strip()

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from lmlab.data import wikitext
 from lmlab.data.badrecords import BadRecords
-from lmlab.data.documents import DocumentFile, bad_line_what, parse_record  # noqa: F401 (re-exported)
+from lmlab.data.documents import DocumentFile
+from lmlab.data.manifest import check_prepared
 from lmlab.data.tokenizers import TokenizerConfig
 from lmlab.errors import LmlabError, Problem
 
-SOURCE_KINDS = ("jsonl", "text", "tinyshakespeare", "wikitext2")
+SOURCE_KINDS = ("jsonl", "text", "tinyshakespeare", "wikitext2", "prepared")
 TRAIN_GLOB, VAL_GLOB = "*.chunk.*.jsonl", "*.val.jsonl"
 
 
@@ -30,13 +31,15 @@ class DataConfig:
 
     source: str = field(default="jsonl", metadata={
         "help": "jsonl (Lingua layout under root_dir), text (plain files at path / val_path), "
-                "tinyshakespeare (bundled, offline) or wikitext2.", "choices": list(SOURCE_KINDS)})
+                "tinyshakespeare (bundled, offline), wikitext2, or prepared (token shards that "
+                "`lmlab data prepare` wrote into path).", "choices": list(SOURCE_KINDS)})
     root_dir: str = field(default="", metadata={
         "help": "jsonl: directory holding one folder per source."})
     sources: dict[str, float] = field(default_factory=dict, metadata={
         "help": "jsonl: source folder name -> sampling weight (weights need not sum to 1)."})
     path: str = field(default="", metadata={
-        "help": "text: training text file or directory of *.txt; wikitext2: local copy directory."})
+        "help": "text: training text file or directory of *.txt; wikitext2: local copy directory; "
+                "prepared: the folder `lmlab data prepare` wrote."})
     val_path: str = field(default="", metadata={
         "help": "text: validation text file or directory of *.txt."})
     train_split: str = field(default="train", metadata={
@@ -179,6 +182,8 @@ def check(cfg: DataConfig, validation_enabled: bool) -> list[Problem]:
         found = wikitext.check(cfg, validation_enabled)
     elif cfg.source == "text":
         found = _check_text(cfg, validation_enabled)
+    elif cfg.source == "prepared":
+        found = check_prepared(cfg, validation_enabled)
     if validation_enabled and not found:  # the files exist: is any of them in both sets?
         found = _overlap(cfg)
     return problems + found

@@ -39,3 +39,38 @@ def test_a_bad_record_one_rank_meets_stops_both_ranks_at_one_checkpoint(tmp_path
     state = rundir.read_train_state(run / "checkpoints" / rundir.step_name(3))
     assert state["loader"]["readers"] == 2 and sorted(state["loader"]["streams"]) == ["0", "1"]
     assert state["loader"]["bad_records"]["count"] == 1
+
+
+def test_prepared_shards_on_two_processes_stopped_and_resumed_train_what_one_process_trains(tmp_path):
+    """Each rank gathers only its rows of the prepared windows; stopped at step 3 and resumed on
+    two processes, the run ends where one uninterrupted process ends (DDP's reduction order aside)."""
+    from safetensors.torch import load_file
+    import torch
+
+    from lmlab.cli import main
+
+    corpus = make_source(tmp_path / "src")
+    prepared = tmp_path / "prepared"
+    assert main(["data", "prepare", str(corpus), "--out", str(prepared), "--workers", "1", "--quiet"]) == 0
+    base = ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, "data.source=prepared",
+            f"data.path={prepared}", "data.seq_len=32", "data.batch_size=4", "steps=6",
+            "checkpoint.every=3", "logging.progress_bar=false"]
+    assert main([*base, f"dump_dir={tmp_path / 'one'}"]) == 0
+    two = [*base, f"dump_dir={tmp_path / 'two'}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    for extra in (["training.stop_at=3"], []):
+        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "-m", "lmlab", *two, *extra], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=180)
+        assert out.returncode == 0, out.stderr[-3000:]
+    a = load_file(str(tmp_path / "one" / "checkpoints" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "checkpoints" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+def make_source(folder):
+    write_jsonl(folder / "src.chunk.00.jsonl", toy_texts("p", 200))
+    write_jsonl(folder / "src.val.jsonl", toy_texts("v", 30))
+    return folder

@@ -1,0 +1,327 @@
+"""What ``lmlab data prepare`` reads, and in which pieces.
+
+A source is a path: a Lingua-layout folder (``*.chunk.*.jsonl`` train, ``*.val.jsonl`` validation),
+a jsonl file or folder of them, a text file or folder of ``*.txt`` (blank-line separated paragraphs,
+as ``data.source=text`` reads them), or a local Hugging Face dataset: a ``save_to_disk`` folder
+(a ``Dataset`` or a ``DatasetDict`` of splits, read through ``datasets``) or ``*.parquet`` /
+``*.arrow`` files, with a text column.
+
+The work is cut into *units* whose boundaries do not depend on how many processes do it: a jsonl or
+text file in nominal byte ranges of ``unit_bytes``, each end moved forward to the next document
+boundary (``align``: a line start; for text, the line after a blank line), a parquet file in row
+groups, an arrow file in row ranges. A unit's documents are exactly those the whole file holds
+between its two boundaries, with the same bad records (``documents.parse_record``) at the same lines.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmlab.data.documents import bad_line_what, parse_record  # the rules training reads by
+from lmlab.errors import LmlabError
+
+# data.sources' names (not imported from there: it imports torch, seconds for a command that needs none)
+TRAIN_GLOB, VAL_GLOB = "*.chunk.*.jsonl", "*.val.jsonl"
+BLANK = b" \t\r"  # what a blank text line may hold (a paragraph break), as data.source=text reads
+HF_SUFFIXES = (".parquet", ".arrow")
+SEEK_BLOCK = 1 << 16
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    kind: str  # jsonl | text | parquet | arrow
+    split: str  # train | val
+    size: int
+    mtime_ns: int
+    units: int = 0  # parquet: row groups; arrow: rows (bytes files: from size)
+
+
+@dataclass(frozen=True)
+class Unit:
+    split: str
+    file: int  # index into the input file list
+    start: int  # nominal: byte offset (jsonl, text), row group (parquet), row (arrow)
+    end: int
+
+
+@dataclass
+class UnitText:
+    """A unit read: its documents (None where a record is bad) and where it really starts and ends."""
+
+    texts: list[str]
+    bad: list[tuple[int, str]]  # (0-based line or row in the unit, reason)
+    lines: int  # lines (rows) it spans: the next unit of the file starts this many lines further
+    begin: int  # aligned start / end (bytes), or rows
+    finish: int
+    nbytes: int  # input bytes it stands for (progress)
+
+
+# --------------------------------------------------------------------------- finding the files
+
+
+def find_inputs(source: str, val: str = "", split: str = "train", val_split: str = "validation",
+                column: str = "text") -> list[InputFile]:
+    """Training files, then validation files, each in sorted order."""
+    path = Path(source)
+    if not path.exists():
+        raise LmlabError(f"{source} does not exist. Fix: give lmlab data prepare a Lingua source folder, "
+                         "a jsonl or text file (or folder of them), or a local Hugging Face dataset.")
+    train, found_val = _split_files(path, split, val_split, column)
+    if val:
+        if not Path(val).exists():
+            raise LmlabError(f"--val {val} does not exist. Fix: give a validation file or folder, or drop --val.")
+        found_val = _split_files(Path(val), split, None, column)[0] or _split_files(Path(val), val_split, None, column)[0]
+    if not train:
+        raise LmlabError(f"{source} holds no training data: no {TRAIN_GLOB}, *.jsonl, *.txt, *.parquet "
+                         f"or *.arrow file (or split {split!r} of a dataset). Fix: point at the folder or "
+                         "file holding the text (--split NAME for another dataset split).")
+    return [_stat(p, kind, "train", column) for p, kind in train] + \
+        [_stat(p, kind, "val", column) for p, kind in found_val]
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return {".jsonl": "jsonl", ".parquet": "parquet", ".arrow": "arrow"}.get(suffix, "text")
+
+
+def _split_files(path: Path, split: str, val_split: str | None, column: str) -> tuple[list, list]:
+    """(training, validation) (path, kind) pairs of a source path."""
+    if path.is_file():
+        return [(path, _kind(path))], []
+    if (path / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        if split not in splits:
+            raise LmlabError(f"{path} has no split {split!r} (it has {', '.join(splits)}). Fix: --split NAME.")
+        val = _saved_dataset(path / val_split) if val_split and val_split in splits else []
+        return _saved_dataset(path / split), val
+    if (path / "state.json").is_file():  # Dataset.save_to_disk
+        return _saved_dataset(path), []
+    lingua_train, lingua_val = sorted(path.glob(TRAIN_GLOB)), sorted(path.glob(VAL_GLOB))
+    if lingua_train or lingua_val:
+        return [(p, "jsonl") for p in lingua_train], [(p, "jsonl") for p in lingua_val]
+    hf = sorted(p for p in path.rglob("*") if p.suffix.lower() in HF_SUFFIXES and p.is_file())
+    if hf:
+        return _hub_split(hf, path, split), (_hub_split(hf, path, val_split, strict=True) if val_split else [])
+    jsonl = sorted(path.glob("*.jsonl"))
+    if jsonl:
+        return [(p, "jsonl") for p in jsonl], []
+    return [(p, "text") for p in sorted(path.glob("*.txt")) if p.is_file()], []
+
+
+def _saved_dataset(folder: Path) -> list[tuple[Path, str]]:
+    state = json.loads((folder / "state.json").read_text())
+    return [(folder / item["filename"], "arrow") for item in state.get("_data_files", [])]
+
+
+def _hub_split(files: list[Path], root: Path, split: str, strict: bool = False) -> list[tuple[Path, str]]:
+    """Hub layout (``data/train-00000-of-00004.parquet``, ``train/0.parquet``): the files of ``split``;
+    files that name no split at all are all training files."""
+    def names(p: Path, s: str) -> bool:
+        rel = p.relative_to(root)
+        return s in rel.parts[:-1] or p.name.startswith((f"{s}-", f"{s}.", f"{s}_"))
+    chosen = [p for p in files if names(p, split)]
+    if not chosen and not strict and not any(names(p, s) for p in files for s in ("train", "validation", "test")):
+        chosen = files
+    return [(p, _kind(p)) for p in chosen]
+
+
+def _stat(path: Path, kind: str, split: str, column: str) -> InputFile:
+    st = path.stat()
+    units = _hf_units(path, kind, column) if kind in ("parquet", "arrow") else 0
+    return InputFile(str(path.resolve()), kind, split, st.st_size, st.st_mtime_ns, units)
+
+
+def _hf_units(path: Path, kind: str, column: str) -> int:
+    """Row groups of a parquet file, rows of an arrow file; refuses a file without ``column``."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq  # lazy: only Hugging Face sources need pyarrow
+        meta = pq.ParquetFile(path)
+        names, units = meta.schema_arrow.names, meta.metadata.num_row_groups
+    else:
+        table = _arrow_table(str(path))
+        names, units = table.column_names, table.num_rows
+    if column not in names:
+        raise LmlabError(f"{path} has no column {column!r} (its columns: {', '.join(names)}). Fix: "
+                         "--text-field NAME names the column that holds the text.")
+    return units
+
+
+_TABLES: dict[str, object] = {}
+
+
+def _arrow_table(path: str):
+    """The memory-mapped table of an arrow file written by ``datasets`` (cached per process)."""
+    if path not in _TABLES:
+        from datasets import Dataset  # lazy: datasets takes a second to import
+        if len(_TABLES) > 8:
+            _TABLES.clear()
+        _TABLES[path] = Dataset.from_file(path).data.table
+    return _TABLES[path]
+
+
+# --------------------------------------------------------------------------- units
+
+
+def plan_units(files: list[InputFile], unit_bytes: int) -> dict[str, list[Unit]]:
+    """Every unit of every file, per split, in input order."""
+    plan: dict[str, list[Unit]] = {"train": [], "val": []}
+    for index, f in enumerate(files):
+        if f.kind == "parquet":
+            plan[f.split] += [Unit(f.split, index, g, g + 1) for g in range(f.units)]
+            continue
+        total = f.units if f.kind == "arrow" else f.size
+        step = max(1, f.units * unit_bytes // max(f.size, 1)) if f.kind == "arrow" else unit_bytes
+        plan[f.split] += [Unit(f.split, index, s, min(s + step, total)) for s in range(0, total, step)]
+    return plan
+
+
+def unit_bytes_of(f: InputFile, unit: Unit) -> int:
+    """Input bytes a unit stands for (its share of the file, for progress)."""
+    if f.kind in ("jsonl", "text"):
+        return unit.end - unit.start
+    return f.size * unit.end // max(f.units, 1) - f.size * unit.start // max(f.units, 1)
+
+
+def read_unit(f: InputFile, unit: Unit, column: str = "text") -> UnitText:
+    if f.kind in ("parquet", "arrow"):
+        return _read_rows(f, unit, column)
+    with open(f.path, "rb") as handle:
+        begin, finish = align(handle, unit.start, f.size, f.kind), align(handle, unit.end, f.size, f.kind)
+        handle.seek(begin)
+        data = handle.read(finish - begin)
+    if len(data) != finish - begin:
+        raise LmlabError(f"{f.path} changed while it was read (now shorter). Fix: prepare it once it "
+                         "is no longer written to.")
+    read = _jsonl_texts if f.kind == "jsonl" else _paragraph_texts
+    texts, bad = read(data, finish == f.size)
+    return UnitText(texts, bad, data.count(b"\n"), begin, finish, unit_bytes_of(f, unit))
+
+
+def align(handle, offset: int, size: int, kind: str) -> int:
+    """The first document boundary at or after ``offset``: a line start (jsonl), or the line start
+    after a blank line (text). Monotone in ``offset``, so aligned units tile the file."""
+    if offset <= 0:
+        return 0
+    if offset >= size:
+        return size
+    lines = _lines_from(handle, offset - 1)
+    for text, end in lines:  # the rest of the line holding byte offset - 1
+        if not text.endswith(b"\n"):
+            return size
+        if kind == "jsonl":
+            return end
+        break
+    for text, end in lines:
+        if text.endswith(b"\n") and not text[:-1].strip(BLANK):
+            return end
+    return size
+
+
+def _lines_from(handle, pos: int):
+    """(line with its newline, offset after it) from byte ``pos`` on; the last may lack the newline."""
+    handle.seek(pos)
+    rest = b""
+    while True:
+        chunk = handle.read(SEEK_BLOCK)
+        if not chunk:
+            if rest:
+                yield rest, pos + len(rest)
+            return
+        data, start = rest + chunk, 0
+        cut = data.find(b"\n")
+        while cut >= 0:
+            pos += cut + 1 - start
+            yield data[start:cut + 1], pos
+            start, cut = cut + 1, data.find(b"\n", cut + 1)
+        rest = data[start:]
+
+
+def _jsonl_texts(data: bytes, at_eof: bool) -> tuple[list, list]:
+    """Each non-blank line is a record (a lone ``\\r`` or a few spaces are blank)."""
+    texts, bad = [], []
+    for number, raw in enumerate(data.split(b"\n")):
+        if len(raw) > 8 or raw.strip():
+            try:
+                text = parse_record(raw)
+            except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+                texts.append(None)
+                bad.append((number, bad_line_what(err)))
+                continue
+            texts.append(text if _encodable(text) else None)
+            if texts[-1] is None:
+                bad.append((number, UNENCODABLE))
+    return texts, bad
+
+
+UNENCODABLE = "'text' holds a lone surrogate (e.g. \\ud800): not encodable as UTF-8"
+
+
+def _encodable(text: str) -> bool:
+    """JSON can spell a lone surrogate, which no tokenizer can encode (it would stop the run)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _paragraph_texts(data: bytes, at_eof: bool) -> tuple[list, list]:
+    """Runs of non-blank lines; a blank line closes one (without the last newline before it), the
+    end of the file closes one as it is (when it is not whitespace alone)."""
+    texts, bad, parts, first = [], [], [], 0
+    pieces = data.split(b"\n")
+    last = len(pieces) - 1
+
+    def close(raw: bytes, line: int) -> None:
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            texts.append(None)
+            bad.append((line, bad_line_what(err)))
+
+    for number, piece in enumerate(pieces):
+        if number == last and not piece:
+            break
+        raw = piece + b"\n" if number < last else piece
+        blank = number < last and not piece.strip(BLANK)
+        if blank and parts:
+            close(b"".join(parts)[:-1], first)
+            parts = []
+        elif not blank:
+            if not parts:
+                first = number
+            parts.append(raw)
+    if parts:
+        assert at_eof, "a unit ends after a blank line unless it ends the file"
+        if b"".join(parts).strip():
+            close(b"".join(parts), first)
+    return texts, bad
+
+
+def _read_rows(f: InputFile, unit: Unit, column: str) -> UnitText:
+    if f.kind == "parquet":
+        import pyarrow.parquet as pq  # lazy: only Hugging Face sources need pyarrow
+        values = pq.ParquetFile(f.path).read_row_group(unit.start, columns=[column]).column(column).to_pylist()
+    else:
+        values = _arrow_table(f.path).column(column).slice(unit.start, unit.end - unit.start).to_pylist()
+    texts, bad = [], []
+    for row, value in enumerate(values):
+        ok = isinstance(value, str) and _encodable(value)
+        texts.append(value if ok else None)
+        if not ok:
+            bad.append((row, f"{column!r} is {type(value).__name__}, not a string" if not isinstance(value, str)
+                        else UNENCODABLE))
+    return UnitText(texts, bad, len(values), unit.start, unit.end, unit_bytes_of(f, unit))
+
+
+def file_stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
