@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 from lmlab.config import load_config
-from lmlab.data.tokenizers import WordTokenizer, configured_vocab_size
+from lmlab.data.sources import vocab_size
+from lmlab.data.tokenizers import WordTokenizer
 from lmlab.data.wikitext import build_sequences, local_split_file
 from lmlab.models.registry import build_on_meta, model_size, resolve_model_config
 from lmlab.training.optim import scaled_lr
@@ -24,7 +25,7 @@ def run(args) -> int:
 
 def run_info(path, overrides: list[str]) -> dict:
     cfg = load_config(path, overrides)
-    vocab = configured_vocab_size(cfg.data.tokenizer)
+    vocab = vocab_size(cfg.data)
     model_cfg = resolve_model_config(cfg.model, vocab, cfg.data.seq_len)
     size = model_size(build_on_meta(model_cfg), model_cfg, cfg.data.seq_len, cfg.data.batch_size)
     info = {"model": size["model"], "params": size["params"], "vocab_size": vocab,

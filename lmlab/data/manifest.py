@@ -69,6 +69,16 @@ def read_manifest(folder: Path) -> dict | None:
     return manifest
 
 
+def prepared_vocab_size(folder: str | Path) -> int | None:
+    """The vocabulary of the tokenizer ``folder`` was prepared with (None: no readable manifest;
+    ``check_prepared`` says why)."""
+    try:
+        manifest = read_manifest(Path(folder)) if folder else None
+    except LmlabError:
+        return None
+    return int(manifest["tokenizer"]["vocab_size"]) if manifest else None
+
+
 def write_manifest(folder: Path, manifest: dict) -> None:
     write_text(Path(folder) / MANIFEST_FILE, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 

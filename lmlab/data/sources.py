@@ -17,8 +17,8 @@ from pathlib import Path
 from lmlab.data import wikitext
 from lmlab.data.badrecords import BadRecords
 from lmlab.data.documents import DocumentFile
-from lmlab.data.manifest import check_prepared
-from lmlab.data.tokenizers import TokenizerConfig
+from lmlab.data.manifest import check_prepared, prepared_vocab_size
+from lmlab.data.tokenizers import TokenizerConfig, configured_vocab_size
 from lmlab.errors import LmlabError, Problem
 
 SOURCE_KINDS = ("jsonl", "text", "tinyshakespeare", "wikitext2", "prepared")
@@ -124,6 +124,13 @@ def validation_sources(cfg: DataConfig, bad: BadRecords | None = None) -> list[S
 
 def _open_all(paths: list[Path], cfg: DataConfig, bad: BadRecords | None) -> list[DocumentFile]:
     return [DocumentFile.open(p, cfg.skip_bad_lines, bad) for p in paths]
+
+
+def vocab_size(cfg: DataConfig) -> int:
+    """The vocabulary the model is built with, known before any text is read: that of the
+    tokenizer a prepared folder was made with, else ``data.tokenizer``'s."""
+    made = prepared_vocab_size(cfg.path) if cfg.source == "prepared" else None
+    return made or configured_vocab_size(cfg.tokenizer)
 
 
 def bad_record_budget(cfg: DataConfig) -> int | None:
