@@ -30,7 +30,23 @@ from lmlab.data.tokenizer_files import (TokenizerFileError, byte_chars, choose_s
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
-class HFTokenizer:
+class HFEncoding:
+    """Encoding through an HF ``tokenizers`` object ``self._tok``, without its special tokens
+    (lmlab adds BOS / EOS itself); ``encode_batch`` runs in Rust threads, outside the GIL."""
+
+    _tok: hf.Tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+
+class HFTokenizer(HFEncoding):
     """Any Hugging Face ``tokenizers`` tokenizer.json; BOS / EOS among its special tokens."""
 
     name = "hf"
@@ -78,15 +94,6 @@ class HFTokenizer:
         tok = hf.Tokenizer.from_str(json.dumps(data["tokenizer"]))
         return cls(tok, data["bos"], data["eos"], data.get("pad") or "", source="the run's tokenizer.json")
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=True)
-
     def token_byte_lengths(self) -> list[int]:
         data = self.tokenizer_json()
         model = data.get("model", {})
@@ -125,7 +132,26 @@ class HFTokenizer:
         return from_saved, (self.to_json(),)
 
 
-class SentencePieceTokenizer:
+class ModelFile:
+    """A tokenizer made from one model file's bytes (sentencepiece, tiktoken), which the run's
+    tokenizer.json embeds (base64), so the run directory alone rebuilds it."""
+
+    name: str
+
+    @classmethod
+    def from_path(cls, path: Path, bos: str = "", eos: str = ""):
+        path = existing(cls.name, path)
+        if path.is_dir():
+            raise not_a(cls.name, path, "it is a folder")
+        return cls(path.read_bytes(), bos, eos, source=path)
+
+    @classmethod
+    def from_json(cls, data: dict):
+        return cls(base64.b64decode(data["model_b64"]), data["bos"], data["eos"],
+                   source="the run's tokenizer.json")
+
+
+class SentencePieceTokenizer(ModelFile):
     """A SentencePiece model (unigram or BPE, byte fallback or not) run by the sentencepiece library."""
 
     name = "sentencepiece"
@@ -150,18 +176,6 @@ class SentencePieceTokenizer:
         self.bos_id, self.eos_id = sp.piece_to_id(self.bos_token), sp.piece_to_id(self.eos_token)
         self.pad_token = own["pad"]
         self.pad_id = sp.pad_id() if own["pad"] else None
-
-    @classmethod
-    def from_path(cls, path: Path, bos: str = "", eos: str = "") -> "SentencePieceTokenizer":
-        path = existing("sentencepiece", path)
-        if path.is_dir():
-            raise not_a("sentencepiece", path, "it is a folder")
-        return cls(path.read_bytes(), bos, eos, source=path)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "SentencePieceTokenizer":
-        return cls(base64.b64decode(data["model_b64"]), data["bos"], data["eos"],
-                   source="the run's tokenizer.json")
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
@@ -207,7 +221,7 @@ def llama3_specials() -> list[str]:
     return named + [f"<|reserved_special_token_{i}|>" for i in range(5, RESERVED_SPECIALS - 5)]
 
 
-class TiktokenTokenizer:
+class TiktokenTokenizer(ModelFile):
     """A tiktoken BPE ranks file with Llama 3's split pattern and its 256 specials after the ranks
     (BOS ``<|begin_of_text|>``, EOS ``<|end_of_text|>``), run by the tiktoken library."""
 
@@ -228,18 +242,6 @@ class TiktokenTokenizer:
         self.bos_id, self.eos_id = self.specials[self.bos_token], self.specials[self.eos_token]
         self.pad_id = None
         self._ordinary = set(self.ranks.values())
-
-    @classmethod
-    def from_path(cls, path: Path, bos: str = "", eos: str = "") -> "TiktokenTokenizer":
-        path = existing("tiktoken", path)
-        if path.is_dir():
-            raise not_a("tiktoken", path, "it is a folder")
-        return cls(path.read_bytes(), bos, eos, source=path)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "TiktokenTokenizer":
-        return cls(base64.b64decode(data["model_b64"]), data["bos"], data["eos"],
-                   source="the run's tokenizer.json")
 
     def encode(self, text: str) -> list[int]:
         out: list[int] = []

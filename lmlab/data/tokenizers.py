@@ -19,6 +19,7 @@ import tokenizers as hf  # Hugging Face tokenizers (the BPE implementation)
 
 from lmlab.atomic import write_text
 from lmlab.data import field_tokenizers
+from lmlab.data.field_tokenizers import HFEncoding
 from lmlab.data.tokenizer_files import KINDS as FILE_KINDS, WHAT, TokenizerFileError, sniff
 from lmlab.errors import LmlabError, Problem
 
@@ -217,7 +218,7 @@ class WordTokenizer:
         return {"lmlab_tokenizer": "word", "words": self.itos[len(self.SPECIALS):]}
 
 
-class BPETokenizer:
+class BPETokenizer(HFEncoding):
     """Byte-level BPE trained with HF ``tokenizers``; specials <|bos|>=0, <|eos|>=1, <|pad|>=2."""
 
     name = "bpe"
@@ -242,15 +243,6 @@ class BPETokenizer:
     @classmethod
     def from_json(cls, data: dict) -> "BPETokenizer":
         return cls(hf.Tokenizer.from_str(json.dumps(data)))
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=True)
 
     def token_byte_lengths(self) -> list[int]:
         # Byte-level BPE maps every byte to one printable character, so a token's string length
