@@ -66,11 +66,15 @@ def make_corpus(root: Path, name: str, gigabytes: float, seed: int) -> Path:
 
 
 def train_run(args: list[str], dump_dir: Path) -> dict:
-    """Peak RSS (wait4) and seconds from spawn to the line of step 1, of one ``lmlab train``."""
+    """Peak RSS and seconds from spawn to the line of step 1, of one ``lmlab train``. The RSS comes
+    from /usr/bin/time (``wait4`` would also count this process's own pages, which a forked child
+    starts with on Linux)."""
     shutil.rmtree(dump_dir, ignore_errors=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    rss_file = dump_dir.parent / f"{dump_dir.name}.rss"
+    timer = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] if Path("/usr/bin/time").exists() else []
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab", "train", *args, f"dump_dir={dump_dir}"],
+    proc = subprocess.Popen([*timer, sys.executable, "-m", "lmlab", "train", *args, f"dump_dir={dump_dir}"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     first_step, lines = None, []
     for line in proc.stdout:
@@ -80,7 +84,8 @@ def train_run(args: list[str], dump_dir: Path) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"lmlab train failed ({status}):\n{''.join(lines[-30:])}")
-    return {"rss_gib": usage.ru_maxrss / 2**20, "first_step_s": first_step}
+    kib = int(rss_file.read_text().split()[-1]) if timer else usage.ru_maxrss
+    return {"rss_gib": kib / 2**20, "first_step_s": first_step}
 
 
 def loader_rate(make_loader, seconds: float = 5.0) -> float:

@@ -4,8 +4,9 @@ The shards of a split are one token stream (documents ``[BOS] + tokens + [EOS]``
 input order), cut into windows of ``seq_len + 1`` tokens with one token shared between consecutive
 windows, as ``loader.PackedLoader`` packs them. Each pass over the data (an epoch) visits every
 window once, in a seeded order: a bijective hash permutation of the window indices (a Feistel
-network, cycle-walked onto range(windows)), computed per batch, so nothing the size of the corpus
-is ever built and a loader starts at once. Rows are gathered from the memory-mapped shards.
+network, cycle-walked onto its range) of blocks of consecutive windows, and of the windows of a
+buffer of blocks (see BLOCK_WINDOWS), computed per batch, so nothing the size of the corpus is ever
+built and a loader starts at once. Rows are gathered from the memory-mapped shards.
 
 The position is two integers (epoch, windows taken in it), so a resumed run sees exactly the
 batches an uninterrupted one would, on any number of processes. Every process draws the same
@@ -14,6 +15,7 @@ processes read disjoint windows, together each window once per pass.
 """
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,13 @@ from lmlab.rundir import TOKENIZER_FILE as RUN_TOKENIZER_FILE
 
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 ROUNDS = 4
-CHUNK = 1 << 14  # window indices permuted at a time (the permutation's numpy calls, amortised)
+# The order reads the disk in runs: BLOCK_WINDOWS consecutive windows form a block (128 KiB at
+# seq_len 1024 in uint16), blocks are visited in a seeded permutation, and the windows of
+# BUFFER_BLOCKS consecutive blocks of that order in a seeded permutation of their own. A batch
+# thus draws its rows from up to 64 places across the corpus, and the next batches from the same
+# few MiB, which the page cache already holds: a cold corpus is read in 128 KiB runs rather than
+# one random page per row (which ran at 0.6M tokens/s on an 8 GB corpus here).
+BLOCK_WINDOWS, BUFFER_BLOCKS = 64, 64
 
 
 class TokenStream:
@@ -43,14 +51,31 @@ class TokenStream:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.total = int(self.offsets[-1])
         self.dtype = np.dtype("<u2" if manifest["dtype"] == "uint16" else "<u4")
-        self._maps: dict[int, np.ndarray] = {}
+        self._maps: dict[int, tuple[mmap.mmap, np.ndarray]] = {}
 
     def shard(self, i: int) -> np.ndarray:
-        """Shard ``i`` memory-mapped, as a plain array view (slicing a np.memmap costs ~10x more)."""
+        """Shard ``i`` memory-mapped, as a plain array (slicing a np.memmap costs ~10x more)."""
+        return self._map(i)[1]
+
+    def _map(self, i: int) -> tuple[mmap.mmap, np.ndarray]:
         if i not in self._maps:
-            mapped = np.memmap(self.paths[i], dtype=self.dtype, mode="r", shape=(int(self.sizes[i]),))
-            self._maps[i] = mapped.view(np.ndarray)
+            with open(self.paths[i], "rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[i] = mapped, np.frombuffer(mapped, dtype=self.dtype, count=int(self.sizes[i]))
         return self._maps[i]
+
+    def will_need(self, start: int, length: int) -> None:
+        """Ask the kernel to read tokens start .. start + length ahead, in one run (asynchronously)."""
+        if not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        end = min(start + length, self.total)
+        while start < end:
+            i = int(np.searchsorted(self.offsets, start, side="right") - 1)
+            begin = (start - int(self.offsets[i])) * self.dtype.itemsize
+            stop = (min(end, int(self.offsets[i + 1])) - int(self.offsets[i])) * self.dtype.itemsize
+            aligned = begin - begin % mmap.PAGESIZE
+            self._map(i)[0].madvise(mmap.MADV_WILLNEED, aligned, stop - aligned)
+            start = int(self.offsets[i + 1])
 
     def gather(self, starts: np.ndarray, length: int) -> np.ndarray:
         """(len(starts), length) int64: the tokens at each start of the stream."""
@@ -115,34 +140,67 @@ class PreparedLoader:
                              f"window of {seq_len + 1} (data.seq_len={seq_len}). Fix: lower data.seq_len, "
                              "or prepare more training text.")
         self.epoch = self.position = 0
-        self._chunk_key: tuple[int, int] | None = None
-        self._chunk = np.zeros(0, dtype=np.int64)
+        self.blocks = -(-self.windows // BLOCK_WINDOWS)
+        self.positions = self.blocks * BLOCK_WINDOWS  # per pass; those past the last window are skipped
+        self._buffer: tuple[int, int] | None = None  # the last buffer read ahead
 
-    def _order(self, epoch: int, index: np.ndarray) -> np.ndarray:
-        """Pass ``epoch``'s window at each of the positions ``index`` (its seeded permutation)."""
+    def _keys(self, *key: int) -> np.ndarray:
+        return np.random.SeedSequence([self.seed % (1 << 63), *key, 0x5EED]).generate_state(ROUNDS, np.uint64)
+
+    def _at(self, epoch: int, position: np.ndarray) -> np.ndarray:
+        """The window at each ``position`` of pass ``epoch`` (-1: past the last window)."""
         if not self.shuffle:
-            return index
-        keys = np.random.SeedSequence([self.seed % (1 << 63), epoch, 0x5EED]).generate_state(ROUNDS, np.uint64)
-        return permute(index, self.windows, keys)
+            return np.where(position < self.windows, position, -1)
+        buffer_size = BUFFER_BLOCKS * BLOCK_WINDOWS
+        out = np.empty(len(position), dtype=np.int64)
+        buffers = position // buffer_size
+        for buffer in np.unique(buffers).tolist():
+            mine = buffers == buffer
+            size = min(buffer_size, self.positions - buffer * buffer_size)
+            inner = permute(position[mine] - buffer * buffer_size, size, self._keys(epoch, buffer))
+            slot = buffer * BUFFER_BLOCKS + inner // BLOCK_WINDOWS
+            block = permute(slot, self.blocks, self._keys(epoch))
+            out[mine] = block * BLOCK_WINDOWS + inner % BLOCK_WINDOWS
+        return np.where(out < self.windows, out, -1)
+
+    def _take(self, base: int, count: int) -> tuple[np.ndarray, int]:
+        """``count`` windows from global position ``base`` (= epoch * positions + position), and
+        the position after them."""
+        found: list[np.ndarray] = []
+        have = 0
+        while have < count:
+            epoch, position = divmod(base, self.positions)
+            span = min(count - have + BLOCK_WINDOWS, self.positions - position)
+            windows = self._at(epoch, np.arange(position, position + span, dtype=np.int64))
+            valid = np.flatnonzero(windows >= 0)[: count - have]
+            used = int(valid[-1]) + 1 if len(valid) == count - have else span
+            found.append(windows[valid])
+            have += len(valid)
+            base += used
+        return np.concatenate(found), base
+
+    def _read_ahead(self, base: int, after: int) -> None:
+        """Have the kernel read each buffer a batch enters (its blocks, each in one run), once."""
+        size = BUFFER_BLOCKS * BLOCK_WINDOWS
+        while self.shuffle and base < after:
+            epoch, position = divmod(base, self.positions)
+            buffer = (epoch, position // size)
+            if buffer != self._buffer:
+                self._buffer = buffer
+                first = buffer[1] * size // BLOCK_WINDOWS
+                slots = np.arange(first, min(self.blocks, first + BUFFER_BLOCKS))
+                for block in permute(slots, self.blocks, self._keys(epoch)).tolist():
+                    self.stream.will_need(block * BLOCK_WINDOWS * self.seq_len, BLOCK_WINDOWS * self.seq_len + 1)
+            base = epoch * self.positions + min((buffer[1] + 1) * size, self.positions)
 
     def _windows_at(self, base: int, count: int) -> np.ndarray:
-        """The windows at stream positions base .. base + count - 1 (position = epoch * windows + i)."""
-        out, done = np.empty(count, dtype=np.int64), 0
-        while done < count:
-            epoch, index = divmod(base + done, self.windows)
-            first = index - index % CHUNK
-            if self._chunk_key != (epoch, first):
-                self._chunk = self._order(epoch, np.arange(first, min(first + CHUNK, self.windows), dtype=np.int64))
-                self._chunk_key = (epoch, first)
-            take = min(count - done, first + len(self._chunk) - index)
-            out[done:done + take] = self._chunk[index - first:index - first + take]
-            done += take
-        return out
+        return self._take(base, count)[0]
 
     def next_batch(self) -> torch.Tensor:
-        base = self.epoch * self.windows + self.position
-        chosen = self._windows_at(base, self.batch_size)
-        self.epoch, self.position = divmod(base + self.batch_size, self.windows)
+        base = self.epoch * self.positions + self.position
+        chosen, after = self._take(base, self.batch_size)
+        self._read_ahead(base, after)
+        self.epoch, self.position = divmod(after, self.positions)
         if self.own.all():
             return torch.from_numpy(self.stream.gather(chosen * self.seq_len, self.seq_len + 1))
         batch = np.full((self.batch_size, self.seq_len + 1), self.fill, dtype=np.int64)

@@ -219,6 +219,23 @@ def test_the_window_order_is_a_permutation(n):
         assert not np.array_equal(order, np.arange(n))
 
 
+def test_the_blocked_order_of_a_large_corpus_is_a_permutation_read_in_runs(prepared):
+    """10,001 windows: 157 blocks of 64 in 3 buffers; a pass is every window once, and a batch's
+    rows come from few blocks of consecutive windows (what the disk reads in runs)."""
+    from lmlab.data.prepared import BLOCK_WINDOWS
+
+    loader = PreparedLoader(prepared, 32, 32, seed=5)
+    loader.windows = 10_001
+    loader.blocks = -(-loader.windows // BLOCK_WINDOWS)
+    loader.positions = loader.blocks * BLOCK_WINDOWS
+    order = loader._at(0, np.arange(loader.positions))
+    assert sorted(order[order >= 0].tolist()) == list(range(10_001))
+    assert (order < 0).sum() == loader.positions - 10_001
+    batch = loader._windows_at(0, 32)
+    assert len(set((batch // BLOCK_WINDOWS).tolist())) <= 32 and not np.array_equal(np.sort(batch), batch)
+    assert not np.array_equal(loader._at(1, np.arange(loader.positions)), order)
+
+
 def test_loader_visits_every_window_once_per_pass_and_resumes_exactly(prepared):
     tokens = stream(prepared)
     loader = PreparedLoader(prepared, 5, 32, seed=1)
