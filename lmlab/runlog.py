@@ -8,7 +8,8 @@ and for a failure the exception, the ``file:line`` that raised it and a tracebac
 Schema: one JSON object per line, always with ``event``, ``time`` (ISO 8601, UTC) and ``unix``
 (seconds since the epoch, for arithmetic). Events and their extra fields:
 
-* ``run_start``: ``pid``, ``host``, plus whatever the caller passes (``command``, ``step``, ...).
+* ``run_start``: ``pid``, ``host``, in a SLURM job ``slurm_job_id`` and ``slurm_restart_count``,
+  plus whatever the caller passes (``command``, ``step``, ...).
 * ``run_end``: ``status`` (``finished`` | ``stopped early`` | ``stopped`` | ``preempted`` |
   ``failed``), ``seconds``; when failed also ``phase`` and ``exception``; plus caller fields.
 * ``phase_start``: ``phase`` plus caller fields.
@@ -39,6 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lmlab import slurm_jobs
 from lmlab.atomic import write_text
 from lmlab.rundir import ERRORS_DIR, EVENTS_FILE, PROVENANCE_FILE, read_json
 
@@ -198,7 +200,8 @@ class EventLog:
     def run_start(self, **info: Any) -> dict:
         self._run_started = time.time()
         self._result = None
-        return self.emit("run_start", pid=os.getpid(), host=socket.gethostname(), **info)
+        job = {f"slurm_{k}": v for k, v in slurm_jobs.environment_job().items()}
+        return self.emit("run_start", pid=os.getpid(), host=socket.gethostname(), **job, **info)
 
     def run_end(self, status: str, **info: Any) -> dict:
         seconds = time.time() - self._run_started if self._run_started is not None else None
@@ -332,9 +335,13 @@ def _git(args: list[str], cwd: Path) -> str | None:
 
 
 def git_info() -> dict:
-    """Commit and dirty flag of the lmlab source tree (None outside a git checkout)."""
+    """Commit and dirty flag of the lmlab source tree (None outside a git checkout); for the code
+    snapshot of ``lmlab slurm`` (no ``.git``), those of the checkout it was copied from."""
     root = _PACKAGE_DIR.parent
     sha = _git(["rev-parse", "HEAD"], root)
+    source = slurm_jobs.snapshot_source(root) if sha is None else {}
+    if isinstance(source.get("git"), dict):
+        return {**source["git"], "snapshot_of": source.get("copied_from")}
     status = _git(["status", "--porcelain", "--untracked-files=no"], root) if sha else None
     return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
@@ -362,14 +369,17 @@ def write_provenance(run_dir: str | Path, argv: list[str], machine: dict, **fact
     """Write ``provenance.json`` for this invocation: time, command, git, versions, ``machine``
     (``training.runtime.device_info``) and ``facts`` (model size, resumed step, ...). The
     provenance of earlier invocations is kept under ``earlier_invocations``: a resume must not
-    erase how a run began. Returns what was written."""
+    erase how a run began. In a SLURM job, ``slurm``: its id and restart count. Returns what was
+    written."""
     path = Path(run_dir) / PROVENANCE_FILE
     old = read_json(path)
     earlier = old.pop("earlier_invocations", [])
     earlier = ([*earlier, old] if isinstance(earlier, list) else [old]) if old else []
+    job = slurm_jobs.environment_job()
     record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": redact_argv(["lmlab", *argv]),
               "git": git_info(), "versions": package_versions(), "machine": machine, **facts,
+              **({"slurm": job} if job else {}),
               "earlier_invocations": earlier}
     write_text(path, json.dumps(record, indent=2))
     return record

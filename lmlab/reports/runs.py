@@ -2,7 +2,8 @@
 run under a folder (``list_runs``, ``format_runs_table``, behind ``lmlab runs``).
 
 What counts as a run directory, and every file name in it, is ``lmlab.rundir``'s: a run that
-failed before writing its config (e.g. in preflight) has an event log, so it is still listed.
+failed before writing its config (e.g. in preflight) has an event log, so it is still listed, and
+so is a run submitted to SLURM that has not started (``queued (job N)``, see ``slurm_jobs``).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from lmlab import humanize, rundir
+from lmlab import humanize, rundir, slurm_jobs
 from lmlab.reports.status import run_status
 
 
@@ -67,7 +68,9 @@ class Run:
 
 def load_run(run_dir: str | Path, now: float | None = None) -> Run:
     run_dir = Path(run_dir)
-    return Run(path=run_dir, config=rundir.read_config(run_dir),
+    # a SLURM job that has not started yet: the resolved config it will train
+    config = rundir.read_config(run_dir) or rundir.read_config(run_dir / rundir.CODE_DIR)
+    return Run(path=run_dir, config=config,
                provenance=rundir.read_json(run_dir / rundir.PROVENANCE_FILE),
                metrics=rundir.read_jsonl(run_dir / rundir.METRICS_FILE),
                events=rundir.read_jsonl(run_dir / rundir.EVENTS_FILE),
@@ -150,7 +153,8 @@ def summarize(run: Run, root: Path | None = None) -> dict:
             "done": done, "planned": planned, "unit": unit,
             "best_val_loss": best["val/loss"] if best else None, "best": best,
             "tokens_per_s": steady_median(run, "tokens_per_s"), "duration_s": seconds,
-            "duration_approx": approx, "last_update": run.status.get("last_update")}
+            "duration_approx": approx, "last_update": run.status.get("last_update"),
+            "job_id": run.status.get("job_id")}
 
 
 # --------------------------------------------------------------------------- listing
@@ -162,11 +166,25 @@ def list_runs(root: str | Path, now: float | None = None) -> list[dict]:
     rows = []
     for folder, subdirs, _ in os.walk(root):
         path = Path(folder)
-        if rundir.is_run_dir(path):
+        if is_run(path):
             rows.append(summarize(load_run(path, now=now), root))
             subdirs[:] = [d for d in subdirs if d not in rundir.RUN_SUBDIRS]
         subdirs.sort()
     return sorted(rows, key=lambda r: r["last_update"] or "", reverse=True)
+
+
+def is_run(path: Path) -> bool:
+    """A run directory, or one submitted to SLURM whose job has not written anything yet."""
+    return rundir.is_run_dir(path) or bool(slurm_jobs.submissions(path))
+
+
+def status_text(status: str | None, phase: str | None = None, job_id: str | None = None) -> str:
+    """A status as ``lmlab runs`` shows it: ``failed (train)``, ``queued (job 42)``."""
+    if status == "failed" and phase:
+        return f"{status} ({phase})"
+    if status in ("queued", "cancelled") and job_id:
+        return f"{status} (job {job_id})"
+    return status or "-"
 
 
 def format_runs_table(rows: list[dict]) -> str:
@@ -176,12 +194,12 @@ def format_runs_table(rows: list[dict]) -> str:
     header = ("run", "model", "status", "progress", "best val loss", "duration", "last update")
     lines = [header]
     for r in rows:
-        status = f"{r['status']} ({r['phase']})" if r["status"] == "failed" and r["phase"] else r["status"]
+        status = status_text(r["status"], r["phase"], r.get("job_id"))
         planned = f"/{r['planned']}" if r["planned"] else ""
         best = f"{r['best_val_loss']:.4f}" if r["best_val_loss"] is not None else "-"
         took = ("~" if r["duration_approx"] and r["duration_s"] is not None else "") + \
             humanize.duration(r["duration_s"])
-        lines.append((r["name"], r["model"] or "-", status or "-", f"{r['done']}{planned} {r['unit']}",
+        lines.append((r["name"], r["model"] or "-", status, f"{r['done']}{planned} {r['unit']}",
                       best, took, (r["last_update"] or "-").replace("T", " ")))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = ["  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]

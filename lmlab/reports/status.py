@@ -1,5 +1,6 @@
 """A run's status, read from its event log (``events.jsonl``) and, for runs without one, its
-checkpoints: ``run_status``. The log itself is written by ``lmlab.runlog.EventLog``."""
+checkpoints: ``run_status``. The log itself is written by ``lmlab.runlog.EventLog``; a SLURM run's
+jobs are ``lmlab.slurm_jobs``'s."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lmlab import slurm_jobs
 from lmlab.rundir import (EVENTS_FILE, METRICS_FILE, last_update, newest_train_state, read_config,
                           read_jsonl)
 
@@ -39,10 +41,18 @@ def run_status(run_dir: str | Path, now: float | None = None,
        ``stale_after``; ``finished`` / ``stopped early`` from a finished checkpoint; ``stopped``
        at ``training.stop_at``; otherwise ``interrupted``.
 
+    SLURM (``lmlab slurm``): before them, a submitted job whose training has not started (no
+    ``run_start`` of that job) is ``queued`` (with ``job_id``) while SLURM lists it as pending or
+    cannot be asked; ``running`` (phase ``starting``) once its log exists; ``cancelled`` or
+    ``failed`` if it left the queue first. And a run stopped by the SIGTERM of ``scancel`` (the
+    batch script's ``slurm_signal`` event gives the cause ``CANCELLED``) is ``cancelled``, not
+    ``preempted``.
+
     Returns ``{status, rule, reason, phase, exception, attempts, started, ended, last_update}``:
     ``rule`` names the rule that decided (run_end, alive, recent_files, failed_phase,
     interrupted_phase, ckpt_finished, vanished, no_events_recent, no_events_finished,
-    no_events_stop_at, no_events_unknown); ``reason`` says it in English.
+    no_events_stop_at, no_events_unknown, slurm_queued, slurm_starting, slurm_not_started,
+    slurm_cancelled); ``reason`` says it in English.
     """
     run_dir = Path(run_dir)
     now = time.time() if now is None else now
@@ -53,13 +63,23 @@ def run_status(run_dir: str | Path, now: float | None = None,
     starts = [i for i, e in enumerate(events) if e.get("event") == "run_start"] or ([0] if events else [])
     base = {"phase": None, "exception": None, "attempts": len(starts), "started": None,
             "ended": None, "last_update": _iso(updated)}
+    waiting = _slurm_not_started(run_dir, events, now, stale_after)
+    if waiting is not None:
+        return {**base, **waiting}
     if not starts:
         return {**base, **_status_without_events(run_dir, fresh, stale_after)}
     attempt = events[starts[-1]:]
     base["started"] = attempt[0].get("time")
     end = next((e for e in reversed(attempt) if e.get("event") == "run_end"), None)
+    cancel = next((e for e in attempt if e.get("event") == slurm_jobs.SIGNAL_EVENT
+                   and e.get("cause") == "CANCELLED"), None)
     if end is not None:
         status = end.get("status") or "finished"
+        if cancel is not None and status == "preempted":  # the SIGTERM that scancel sent
+            return {**base, "status": "cancelled", "ended": end.get("time"), "rule": "slurm_cancelled",
+                    "job_id": cancel.get("slurm_job_id"),
+                    "reason": f"SLURM job {cancel.get('slurm_job_id')} was cancelled (scancel); the run "
+                              f"saved a checkpoint at step {end.get('step')} and stopped"}
         extra = {"phase": end.get("phase"), "exception": end.get("exception")} if status == "failed" else {}
         return {**base, **extra, "status": status, "ended": end.get("time"), "rule": "run_end",
                 "reason": f"run_end event with status '{status}'"}
@@ -69,7 +89,46 @@ def run_status(run_dir: str | Path, now: float | None = None,
         return {**base, "status": "running", "phase": _open_phase(attempt),
                 "rule": "alive" if alive else "recent_files",
                 "reason": f"no run_end event yet and {why}"}
+    if cancel is not None:
+        return {**base, "status": "cancelled", "phase": _open_phase(attempt), "rule": "slurm_cancelled",
+                "job_id": cancel.get("slurm_job_id"),
+                "reason": f"SLURM job {cancel.get('slurm_job_id')} was cancelled (scancel) and the run "
+                          "ended without a run_end event (killed before it could save?)"}
     return {**base, **_status_after_death(run_dir, attempt, alive, stale_after)}
+
+
+def _slurm_not_started(run_dir: Path, events: list[dict], now: float, stale_after: float) -> dict | None:
+    """The status of a run whose last submitted SLURM job has not started training; None when
+    there is no such job (no job submitted, or a ``run_start`` of it or after it)."""
+    jobs = slurm_jobs.submissions(run_dir)
+    if not jobs:
+        return None
+    last = jobs[-1]
+    job, submitted = last["job_id"], float(last.get("unix") or 0)
+    if any(e.get("event") == "run_start" and (str(e.get("slurm_job_id")) == job or
+                                              float(e.get("unix") or 0) >= submitted) for e in events):
+        return None
+    states = slurm_jobs.job_states([job])
+    state = None if states is None else states.get(job)
+    facts = {"job_id": job, "last_update": last.get("time")}
+    log = slurm_jobs.log_path(run_dir, job)
+    if states is not None and state is None:  # it left the queue before training started
+        ended = slurm_jobs.ended_state(job)
+        started = f"its log {log} says why" if log.exists() else "it never started"
+        return {**facts, "status": "cancelled" if (ended or "").startswith("CANCELLED") else "failed",
+                "rule": "slurm_not_started",
+                "reason": f"SLURM job {job} ended ({ended or 'it left the queue'}) before training "
+                          f"started; {started}"}
+    asked = f"squeue: {state}" if state else "SLURM not asked: no squeue here"
+    if not log.exists():
+        return {**facts, "status": "queued", "rule": "slurm_queued",
+                "reason": f"submitted to SLURM as job {job} at {last.get('time')}; not started yet ({asked})"}
+    if state is None and now - log.stat().st_mtime >= stale_after:
+        return {**facts, "status": "failed", "rule": "slurm_not_started",
+                "reason": f"SLURM job {job} started but training never did, and its log {log} has not "
+                          f"changed for {stale_after:.0f} s ({asked})"}
+    return {**facts, "status": "running", "phase": "starting", "rule": "slurm_starting",
+            "reason": f"SLURM job {job} started (its log exists); training has not started yet ({asked})"}
 
 
 def _status_after_death(run_dir: Path, attempt: list[dict], alive: bool | None,
