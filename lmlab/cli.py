@@ -99,14 +99,20 @@ def _slurm_arguments(slurm: argparse.ArgumentParser) -> None:
     slurm.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, as for train")
     slurm.add_argument("--nodes", type=int, required=True, metavar="N")
     slurm.add_argument("--gpus-per-node", type=int, required=True, metavar="G",
-                       help="processes per node (one per GPU; on CPU, with device=cpu, gloo processes)")
+                       help="GPUs per node, one process each; 0: a CPU job (no GPU requested); with "
+                            "device=cpu, G gloo processes per node and no GPU")
+    slurm.add_argument("--procs-per-node", type=int, default=None, metavar="P",
+                       help="CPU jobs (device=cpu or --gpus-per-node 0): gloo processes per node")
     slurm.add_argument("--partition", metavar="P")
     slurm.add_argument("--account", metavar="A")
     slurm.add_argument("--time", default="24:00:00", metavar="T",
                        help="time limit (default 24:00:00); the job requeues itself before it")
     slurm.add_argument("--cpus-per-task", type=int, metavar="C",
-                       help="CPUs per node for its G processes (default 4 x G)")
-    slurm.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node")
+                       help="CPUs per node for its processes (default 4 per GPU, 1 per CPU process, at "
+                            "most the largest node of the partition)")
+    slurm.add_argument("--port", type=int, default=None,
+                       help="rendezvous port on the first node (default: torchrun picks one on one node; "
+                            "20000 + job id %% 20000 across nodes)")
     slurm.add_argument("--dry-run", action="store_true", help="write the script, do not submit it")
 
 

@@ -44,7 +44,6 @@ PATH_KEYS = ("dump_dir", "data.root_dir", "data.path", "data.val_path", "data.to
 # Values that hold a path after a prefix (model.init_from=hf:DIR): the path made absolute too
 PREFIXED_PATH_KEYS = {"model.init_from": INIT_PREFIX}
 CPUS_PER_GPU = 4  # --cpus-per-task default: per GPU process of a node (1 per CPU process)
-CLI_PORT_DEFAULT = 29500  # the CLI's --port default: taken as "not given" (see _port)
 PACKAGE = Path(__file__).resolve().parents[1]  # the lmlab source this process runs
 _SUBMITTED = re.compile(r"Submitted batch job (\d+)")
 
@@ -76,7 +75,7 @@ def run(args) -> int:
 def _check_arguments(args) -> None:
     given = {"--nodes": (args.nodes, 1), "--gpus-per-node": (args.gpus_per_node, 0),
              "--cpus-per-task": (args.cpus_per_task, 1),
-             "--procs-per-node": (getattr(args, "procs_per_node", None), 1)}
+             "--procs-per-node": (args.procs_per_node, 1)}
     for option, (value, least) in given.items():
         if value is not None and value < least:
             raise LmlabError(f"{option} must be >= {least}, got {value}. Fix: pass {option} {least} or more"
@@ -87,15 +86,13 @@ def _check_arguments(args) -> None:
 
 
 def _procs_per_node(args) -> int:
-    """Processes per node: --procs-per-node when the CLI has it, else one per GPU (one when 0)."""
-    return getattr(args, "procs_per_node", None) or args.gpus_per_node or 1
+    """Processes per node: --procs-per-node, else one per GPU (one when 0)."""
+    return args.procs_per_node or args.gpus_per_node or 1
 
 
 def _port(args) -> int | None:
     """The rendezvous port the user asked for; None (each job its own) when --port was not given."""
-    argv = getattr(args, "argv", None) or []
-    typed = any(w == "--port" or w.startswith("--port=") for w in argv)
-    return args.port if args.port is not None and (typed or args.port != CLI_PORT_DEFAULT) else None
+    return args.port
 
 
 def _preflight(config, overrides: list[str], world_size: int) -> RunConfig:

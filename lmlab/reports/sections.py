@@ -90,8 +90,10 @@ def status_section(run: Run, t: Text) -> list[Block]:
         key = {"failed": "phase_failed_at", "running": "phase_current"}.get(st.get("status"),
                                                                            "phase_ended_in")
         items.append(t(key, phase=st["phase"]))
-    if st.get("status") in ("stopped", "preempted", "interrupted", "failed") and steps:
-        items.append(t("resume", ckpt=_ckpt(steps[-1])))
+    if st.get("status") in ("stopped", "preempted", "interrupted", "failed", "cancelled") and steps:
+        script = run.path / rundir.SUBMIT_FILE  # a SLURM run resumes by its batch script
+        items.append(t("resume_slurm", script=script, ckpt=_ckpt(steps[-1])) if script.is_file() else
+                     t("resume", ckpt=_ckpt(steps[-1])))
     blocks = [("h", 2, t("h_status")), ("p", t("status_line", status=t.status(st.get("status")), rule=rule)),
               ("ul", items)]
     return blocks + _phases_table(run, t) + _warnings_list(run, t) + _bad_records_list(run, t)

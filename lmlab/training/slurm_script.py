@@ -26,6 +26,8 @@ from pathlib import Path
 from lmlab import rundir
 from lmlab.slurm_jobs import SIGNAL_EVENT
 
+# the script exports it for its ranks: their resume hint (``sbatch <run>/submit.slurm``)
+RESUME_COMMAND_ENV = "LMLAB_RESUME_COMMAND"
 WARNING_SIGNAL = "USR1"
 WARNING_SECONDS = 120
 PORT_BASE, PORT_SPAN = 20000, 20000  # several nodes: the rendezvous port is PORT_BASE + job id % PORT_SPAN
