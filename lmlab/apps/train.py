@@ -12,6 +12,7 @@ harness tasks of ``eval.every``) is handed to the loop as ``HarnessAtCheckpoints
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from lmlab.training.metrics import truncate_metrics
 from lmlab.training.resume import Resume, find_resume, publish_interrupted, restore
 from lmlab.training.runtime import Runtime, device_info, resolve_runtime
 from lmlab.training.signals import PreemptionSignals
+from lmlab.training.slurm_script import RESUME_COMMAND_ENV
 from lmlab.training.sinks import NullSink, build_sinks
 from lmlab.training.step import TrainState
 
@@ -172,7 +174,7 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
     if resume and d.is_main:
         harness.catch_up(resume, state)
     trainer = Trainer(cfg, data, parts, runtime, state, sink, console, events,
-                      resume_command=" ".join(["lmlab", *argv]), d=d,
+                      resume_command=_resume_command(argv), d=d,
                       on_checkpoint=harness if harness.enabled else None)
     try:
         summary = trainer.run()
@@ -189,6 +191,12 @@ def _warn(warnings: list, events: EventLog, d: Dist) -> None:
         show_warnings("train", warnings)
         for w in warnings:
             events.warning(f"{w.key}: {w.message} Fix: {w.fix}", "ConfigWarning")
+
+
+def _resume_command(argv: list[str]) -> str:
+    """What to run to resume: the same command, or what the launcher says (a SLURM batch script
+    sets LMLAB_RESUME_COMMAND to ``sbatch <run>/submit.slurm``: its ranks run a code snapshot)."""
+    return os.environ.get(RESUME_COMMAND_ENV) or " ".join(["lmlab", *argv])
 
 
 def _bad_record_reporter(events: EventLog, console: Console):
