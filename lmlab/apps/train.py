@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from lmlab.evaluation.runner import run_evaluation
 from lmlab.preflight import load_and_check, preflight_warnings, show_warnings
 from lmlab.runlock import RunLock, mark_run_dir
 from lmlab.runlog import EventLog, exception_location, redact_text, write_provenance
-from lmlab.training import distributed
+from lmlab.training import distributed, launcher
 from lmlab.training.build import TrainingParts, build_parts, compile_now
 from lmlab.training.console import Console
 from lmlab.training.distributed import SINGLE, Dist
@@ -47,12 +46,19 @@ INTERRUPTED_EXIT = 130  # a command stopped by Ctrl-C (128 + SIGINT), as shells 
 
 
 def run(args) -> int:
+    if launcher.reporting():  # a worker of `--nproc`: its launcher says once how the job ended
+        args.argv = launcher.launch_command() or args.argv  # the command the user typed, --nproc too
+        return launcher.report_exit(lambda: _run(args), "train")
+    return _run(args)
+
+
+def _run(args) -> int:
     started = time.perf_counter()
     if args.nproc is not None and args.nproc < 1:
         raise LmlabError(f"--nproc must be >= 1, got {args.nproc}. Fix: --nproc 1 or more (one per GPU).")
     if args.nproc is not None and not distributed.launched_by_torchrun():
         load_and_check(args.config, args.overrides, world_size=args.nproc)  # refuse before launching
-        return distributed.launch_local(args.nproc, _without_nproc(args.argv))
+        return launcher.launch_local(args.nproc, _without_nproc(args.argv), args.argv)
     cfg = load_and_check(args.config, args.overrides)
     d = distributed.setup(cfg.distributed, cfg.device)
     try:
@@ -118,10 +124,10 @@ def _report_crash(err: Exception, events: EventLog, d: Dist) -> int:
     summary, phase = events.record_exception(err, "run")  # already recorded: returns that (redacted) record
     traceback_file = summary.get("traceback_file")
     who = f" (rank {d.rank} of {d.world_size})" if d.enabled else ""
-    print(f"lmlab train{who}: failed in phase {phase}: {summary['type']}: {summary['message']} "
-          f"(at {summary['where']})\n"
-          f"  traceback: {events.run_dir / traceback_file if traceback_file else 'not written'}\n"
-          f"  explanation and fix: lmlab report {events.run_dir}", file=sys.stderr)
+    launcher.tell(f"lmlab train{who}: failed in phase {phase}: {summary['type']}: {summary['message']} "
+                  f"(at {summary['where']})\n"
+                  f"  traceback: {events.run_dir / traceback_file if traceback_file else 'not written'}\n"
+                  f"  explanation and fix: lmlab report {events.run_dir}")  # printed (by the launcher)
     return 1
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from lmlab.errors import Problem
+from lmlab.errors import LmlabError, Problem
 
 STRATEGIES = ["ddp", "fsdp"]
 BACKENDS = ["auto", "nccl", "gloo"]
@@ -69,14 +67,40 @@ class Dist:
 SINGLE = Dist()  # a plain process
 
 
+# what torchrun sets for every worker it starts (TORCHELASTIC_RUN_ID names its job): a shell that
+# exports WORLD_SIZE & co. by hand has no torchrun agent, and its rendezvous would wait for ranks that
+# never come (distributed.timeout_s, 600 s by default)
+TORCHRUN_ENV = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK", "RANK", "WORLD_SIZE")
+JOB_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+           "TORCHELASTIC_RUN_ID")
+
+
 def launched_by_torchrun() -> bool:
-    """This process is one of a job's (torchrun sets LOCAL_RANK for every worker it starts)."""
-    return "LOCAL_RANK" in os.environ
+    """This process is one of a job's workers, started by torchrun (or ``--nproc``, or SLURM's)."""
+    return all(name in os.environ for name in TORCHRUN_ENV)
 
 
 def launched_world_size() -> int:
-    """WORLD_SIZE as set by torchrun / SLURM (1 when launched as a plain process)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """WORLD_SIZE as set by torchrun (1 for a plain process). A job environment that torchrun did
+    not set (exported by hand, or left over from another job) is refused at once, with the fix."""
+    raw = os.environ.get("WORLD_SIZE")
+    if raw is None:
+        return 1
+    exported = " ".join(name for name in JOB_ENV if name in os.environ)
+    fix = (f"Fix: unset {exported} to train on one process, or start several processes with "
+           "`lmlab train ... --nproc N` (this machine), torchrun or `lmlab slurm`.")
+    try:
+        world = int(raw)
+    except ValueError:
+        raise LmlabError(f"WORLD_SIZE={raw!r} is not a number of processes. {fix}") from None
+    if world < 1:
+        raise LmlabError(f"WORLD_SIZE={raw} is not a number of processes (>= 1). {fix}")
+    if world > 1 and not launched_by_torchrun():
+        missing = " ".join(name for name in TORCHRUN_ENV if name not in os.environ)
+        raise LmlabError(f"WORLD_SIZE={raw} is set but this process was not started by torchrun "
+                         f"(no {missing}): it would wait for {world - 1} other process(es) that "
+                         f"nobody starts. {fix}")
+    return world
 
 
 def check(cfg: DistributedConfig, world_size: int, batch_size: int, grad_accum: int, model_name: str,
@@ -287,9 +311,15 @@ def _state_dict_api():
 # --------------------------------------------------------------------------- launching
 
 
-def launch_local(nproc: int, argv: list[str]) -> int:
-    """``lmlab train ... --nproc N``: run ``argv`` under torchrun with N processes on this node."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "lmlab", *argv]
-    print(f"launching {nproc} processes: {' '.join(command[1:])}", flush=True)
-    return subprocess.call(command)
+def run_torchrun(argv: list[str]) -> dict[int, int] | None:
+    """torchrun's agent (``python -m torch.distributed.run ARGV``) in this thread: None when every
+    worker succeeded, else the exit code of each failed rank. ``training.launcher`` runs it so, to
+    own the signals and say how the job ended; anything else torchrun raises propagates."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # lazy: the agent only
+    from torch.distributed.run import parse_args, run  # lazy: the agent only (torchrun's CLI)
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as err:
+        return {rank: failure.exitcode for rank, failure in err.failures.items()}
+    return None

@@ -179,8 +179,12 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 def descendants(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    direct = [int(c) for c in children.read_text().split()] if children.exists() else []
+    direct = []  # each thread's children: the launcher's agent starts the workers from a thread
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            direct += [int(c) for c in children.read_text().split()]
+        except OSError:
+            continue
     return direct + [d for c in direct for d in descendants(c)]
 
 
