@@ -60,7 +60,7 @@ def run(args) -> int:
     _refuse_busy(run_dir)
     show_warnings("slurm", preflight_warnings(cfg))
     job = SlurmJob(name=cfg.name, run_dir=run_dir, code_dir=run_dir / rundir.CODE_DIR,
-                   python=os.path.abspath(sys.executable), torchrun=_torchrun(), nodes=args.nodes,
+                   python=os.path.abspath(sys.executable), nodes=args.nodes,
                    gpus_per_node=gpus, cpus_per_task=_cpus_per_task(args, procs, gpus),
                    time=args.time, partition=args.partition, account=args.account,
                    port=_port(args), procs_per_node=procs)
@@ -219,17 +219,6 @@ def _absolute(obj, keys: list[str], prefix: str):
     if not path or os.path.isabs(path):
         return obj
     return dataclasses.replace(obj, **{keys[0]: prefix + os.path.abspath(path)})
-
-
-def _torchrun() -> str:
-    """torch's launcher script beside this interpreter (else on PATH); the job runs it with
-    this interpreter, so it uses this environment's torch either way."""
-    beside = Path(sys.executable).with_name("torchrun")
-    found = str(beside) if beside.is_file() else shutil.which("torchrun")
-    if not found:
-        raise LmlabError(f"torchrun not found beside {sys.executable} nor on PATH. Fix: install torch "
-                         "in this environment (it provides torchrun) and run lmlab slurm from it.")
-    return os.path.abspath(found)
 
 
 def write_job(cfg: RunConfig, job: SlurmJob) -> None:

@@ -43,7 +43,6 @@ class SlurmJob:
     run_dir: Path
     code_dir: Path  # holds the lmlab snapshot and the resolved config
     python: str  # the interpreter that wrote the script (its environment has torch)
-    torchrun: str  # torch's launcher script, run with ``python``
     nodes: int
     gpus_per_node: int  # 0: a CPU job (no GPU requested)
     cpus_per_task: int
@@ -111,7 +110,7 @@ def render(job: SlurmJob) -> str:
                  else f"{job.processes} CPU process(es) (gloo; no GPU requested)"),
         "RESUME": q(f"sbatch {q(str(job.script))}"), "SCRIPT": q(str(job.script)),
         "RUN_DIR": q(str(job.run_dir)), "CODE_DIR": q(str(job.code_dir)), "PYTHON": q(job.python),
-        "TORCHRUN": q(job.torchrun), "RENDEZVOUS": _rendezvous(job), "NPROC": str(job.processes),
+        "RENDEZVOUS": _rendezvous(job), "NPROC": str(job.processes),
         "SIGNALS": _TORCHRUN_SIGNALS, "WARNING": WARNING_SIGNAL, "SECONDS": str(WARNING_SECONDS),
         "PREEMPT_FILE": rundir.PREEMPT_FILE, "EVENTS_FILE": rundir.EVENTS_FILE,
         "CONFIG_FILE": rundir.CONFIG_FILE, "SIGNAL_EVENT": SIGNAL_EVENT,
@@ -131,7 +130,6 @@ set -euo pipefail
 RUN_DIR=@RUN_DIR@
 CODE_DIR=@CODE_DIR@
 PYTHON=@PYTHON@
-TORCHRUN=@TORCHRUN@
 LOG="$RUN_DIR/slurm-$SLURM_JOB_ID.out"
 
 # Run the code snapshot taken at submission, not what the checkout holds when the job starts
@@ -194,7 +192,9 @@ trap on_term TERM
 # In the background and waited for: bash runs a trap only between commands, so a foreground
 # srun would hold the warning until training had ended anyway. torchrun runs with SIGTERM ignored
 # (`trap "" TERM` is inherited through exec): the ranks, which handle it, decide when to stop.
-srun --kill-on-bad-exit=1 bash -c 'trap "" TERM; exec "$@"' torchrun "$PYTHON" "$TORCHRUN" \
+# lmlab's torchrun agent (lmlab.training.launcher): a user error in any rank is one message and
+# exit 2, an orderly stop 0 or 130, without torchrun's traceback.
+srun --kill-on-bad-exit=1 bash -c 'trap "" TERM; exec "$@"' torchrun "$PYTHON" -m lmlab.training.launcher \
     --nnodes="$SLURM_NNODES" --nproc_per_node=@NPROC@ \
     --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$ENDPOINT" \
     -m lmlab train "$CODE_DIR/@CONFIG_FILE@" &
