@@ -73,10 +73,15 @@ def parse_record(raw: bytes | str) -> str:
     text = record["text"]  # a list or a number raises TypeError here
     if not isinstance(text, str):  # e.g. {"text": 5} or {"text": null}
         raise TypeError(f"'text' is {type(text).__name__}")
+    escapes = ("\\ud", "\\uD") if isinstance(raw, str) else (b"\\ud", b"\\uD")
+    if escapes[0] in raw or escapes[1] in raw:  # a surrogate escape: a lone one is no text
+        text.encode("utf-8")  # raises UnicodeEncodeError for "\ud800" alone
     return text
 
 
 def bad_line_what(err: Exception) -> str:
+    if isinstance(err, UnicodeEncodeError):
+        return "a lone surrogate escape (\\ud800-\\udfff) in 'text', which is not UTF-8 text"
     if isinstance(err, UnicodeDecodeError):
         return f"bytes that are not UTF-8 at offset {err.start}"
     if isinstance(err, KeyError):

@@ -250,9 +250,7 @@ def _jsonl_texts(data: bytes, at_eof: bool) -> tuple[list, list]:
                 texts.append(None)
                 bad.append((number, bad_line_what(err)))
                 continue
-            texts.append(text if _encodable(text) else None)
-            if texts[-1] is None:
-                bad.append((number, UNENCODABLE))
+            texts.append(text)
     return texts, bad
 
 

@@ -83,8 +83,8 @@ def test_any_worker_count_writes_the_same_shards(tmp_path, source, prepared):
     assert manifest["bad_records"]["count"] == 2
     assert manifest["bad_records"]["shown"] == [
         f"{source.resolve() / 'alpha.chunk.01.jsonl'}:8: not a JSON object with a 'text' string",
-        f"{source.resolve() / 'alpha.chunk.01.jsonl'}:44: 'text' holds a lone surrogate (e.g. \\ud800): not "
-        "encodable as UTF-8"]
+        f"{source.resolve() / 'alpha.chunk.01.jsonl'}:44: a lone surrogate escape (\\ud800-\\udfff) in "
+        "'text', which is not UTF-8 text"]
     starts = np.load(prepared / "train.00000.idx.npy")
     tokens = np.fromfile(prepared / "train.00000.bin", dtype="<u2")
     assert (tokens[starts] == 256).all() and starts[0] == 0

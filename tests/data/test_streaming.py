@@ -228,3 +228,15 @@ def test_the_ranks_positions_merge_into_one_that_any_process_count_resumes(tmp_p
     fixed = PackedLoader(training_sources(cfg), ByteTokenizer(), 4, 9, 1, block_docs=16, readers=1)
     with pytest.raises(LmlabError, match=r"checkpoint was written with data.readers=2.*Fix: set data.readers=2"):
         fixed.load_state_dict(state)
+
+
+def test_a_lone_surrogate_is_a_bad_record_not_a_crash(tmp_path):
+    """JSON can spell "\\ud800", which no tokenizer can encode: it is counted, named and skipped."""
+    path = tmp_path / "s" / "s.chunk.00.jsonl"
+    path.parent.mkdir()
+    path.write_text('{"text": "fine"}\n{"text": "half a pair \\ud800"}\n{"text": "a pair \\ud83d\\ude00"}\n')
+    cfg = DataConfig(source="jsonl", root_dir=str(tmp_path), sources={"s": 1.0}, skip_bad_lines=True)
+    loader = make(cfg, block_docs=1, batch=1, seq=8)
+    with pytest.warns(UserWarning, match=r"s\.chunk\.00\.jsonl:2: a lone surrogate escape"):
+        text = bytes(t for _ in range(8) for t in loader.next_batch()[0, 1:].tolist() if t < 256)
+    assert "😀".encode() in text and b"half a pair" not in text
