@@ -108,13 +108,15 @@ def build_data(cfg, run_dir: Path, on_record: OnRecord | None = None, rank: int 
                                     data.shuffle, bad_records=bad, block_docs=data.shuffle_buffer,
                                     readers=data.readers, rank=rank, world_size=world_size,
                                     micro_batches=cfg.training.grad_accum)
-        bad.shared = train.disjoint
         total = cfg.steps
     val = build_validation(cfg, tokenizer, bad)
     if cfg.eval.validation.enabled:
         val.batches()  # tokenized now rather than at the first validation: zero windows are refused here
         found += val.yields
     bad.check("Stopped while preparing the data, before training (the run's checkpoints are as they were).")
+    # from here on, processes reading different documents judge the budget together (every rank
+    # read the validation data above, and its records, alike)
+    bad.shared = getattr(train, "disjoint", False)
     return RunData(tokenizer, train, val.batches, total, val.byte_lengths, val.pad_id, steps_per_epoch,
                    bad, found)
 
