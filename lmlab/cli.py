@@ -28,6 +28,8 @@ COMMANDS = {
     "export": ("export", "export a run or checkpoint to a Hugging Face transformers folder"),
     "slurm": ("slurm", "write a SLURM batch script for a run (code snapshot, requeue on preemption) and "
                        "submit it with sbatch"),
+    "sweep": ("sweep", "run many trials of one config from a spec (grid / random / seeds), N at a time "
+                       "or as a SLURM array; resumable; lmlab report SWEEP_DIR compares them"),
     "data": ("data", "tokenize a corpus once into token shards (data prepare), show what a prepared "
                      "folder holds (data inspect)"),
 }
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _report_arguments(commands["report"])
     _slurm_arguments(commands["slurm"])
     _data_arguments(commands["data"])
+    _sweep_arguments(commands["sweep"])
     commands["runs"].add_argument("root", nargs="?", default="runs", metavar="ROOT")
     export = commands["export"]
     export.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
@@ -153,6 +156,23 @@ def _data_arguments(data: argparse.ArgumentParser) -> None:
     inspect.add_argument("--docs", type=int, default=2, metavar="N", help="training documents to decode")
     inspect.add_argument("--chars", type=int, default=300, metavar="N", help="characters shown of each")
     inspect.add_argument("--verify", action="store_true", help="also check every shard's sha256")
+
+
+def _sweep_arguments(sweep: argparse.ArgumentParser) -> None:
+    sweep.add_argument("spec", metavar="SPEC", help="sweep spec (YAML): base, overrides, grid, random, seeds")
+    sweep.add_argument("--parallel", type=int, metavar="N", help="trials at a time (default: 1 on CPU, "
+                       "whose cores they share; one per GPU); with --slurm, the array's %%N limit")
+    sweep.add_argument("--dry-run", action="store_true", help="preflight every trial and list them; with "
+                       "--slurm, write the scripts without submitting")
+    sweep.add_argument("--out", metavar="DIR", help="the sweep folder (default: the spec's out:)")
+    sweep.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.add_argument("--slurm", action="store_true", help="write (and submit) one SLURM job array, a task per trial")
+    sweep.add_argument("--gpus-per-trial", type=int, metavar="G", help="--slurm: GPUs (processes) per trial; 0: CPU")
+    sweep.add_argument("--partition", metavar="P")
+    sweep.add_argument("--account", metavar="A")
+    sweep.add_argument("--time", default="24:00:00", metavar="T", help="--slurm: time limit per task")
+    sweep.add_argument("--cpus-per-task", type=int, metavar="C", help="--slurm: CPUs per task (default 4 per GPU)")
 
 
 def main(argv: list[str] | None = None) -> int:
