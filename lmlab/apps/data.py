@@ -13,6 +13,7 @@ import sys
 import time
 
 from lmlab.data.prepare import PrepareOptions, describe, prepare
+from lmlab.errors import LmlabError
 from lmlab.humanize import duration, si
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
@@ -21,7 +22,11 @@ PAUSE_AFTER = "LMLAB_PREPARE_PAUSE_AFTER"  # tests: wait for a signal once this 
 
 def run(args) -> int:
     if args.data_command == "inspect":
-        print(describe(args.folder, args.docs, args.chars, args.verify))
+        try:
+            print(describe(args.folder, args.docs, args.chars, args.verify))
+        except OSError as err:  # a name too long, a folder that cannot be read
+            raise LmlabError(f"{err.filename or args.folder}: {err.strerror or err}. Fix: give the folder "
+                             "`lmlab data prepare SOURCE --out DIR` wrote to.") from None
         return 0
     return _prepare(args)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from lmlab.atomic import write_text
@@ -66,7 +67,41 @@ def read_manifest(folder: Path) -> dict | None:
     if manifest.get("version") != VERSION:
         raise LmlabError(f"{path} has format version {manifest.get('version')}; this lmlab reads "
                          f"version {VERSION}. Fix: prepare the data again with this lmlab (`{PREPARE}`).")
+    damage = _structure_problem(manifest)
+    if damage:
+        raise LmlabError(f"{path} is damaged ({damage}). Fix: prepare the folder again (delete it and "
+                         f"re-run `{PREPARE}`).")
     return manifest
+
+
+SHARD_NAME = re.compile(r"(train|val)\.\d{5}\.bin")
+
+
+def _structure_problem(manifest: dict) -> str:
+    """What a manifest edited by hand (or by another tool) lacks that readers rely on; '' if none.
+    Shard names must be the names a preparation writes: a reader never opens another path."""
+    tok = manifest.get("tokenizer")
+    if not isinstance(manifest.get("options"), dict) or not isinstance(manifest.get("files"), list):
+        return "no 'options' or 'files'"
+    if manifest.get("dtype") not in ("uint16", "uint32"):
+        return f"dtype {manifest.get('dtype')!r}"
+    if not isinstance(tok, dict) or not all(isinstance(tok.get(k), int) for k in ("vocab_size", "bos_id", "eos_id")) \
+            or not isinstance(tok.get("sha256"), str) or not isinstance(tok.get("name"), str):
+        return "no tokenizer record"
+    if not isinstance(manifest.get("bad_records"), dict) or not isinstance(manifest.get("complete"), bool):
+        return "no 'complete' or 'bad_records'"
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or any(not isinstance(splits.get(s), dict) or
+                                           not isinstance(splits[s].get("shards"), list) for s in SPLITS):
+        return "no 'splits' with their shards"
+    for split in SPLITS:
+        for shard in splits[split]["shards"]:
+            if not isinstance(shard, dict) or not isinstance(shard.get("name"), str) \
+                    or not SHARD_NAME.fullmatch(shard["name"]) or not shard["name"].startswith(split + ".") \
+                    or shard.get("index") != shard["name"][:-len(".bin")] + ".idx.npy" \
+                    or not isinstance(shard.get("tokens"), int) or shard["tokens"] < 0:
+                return f"a {split} shard record that no preparation writes: {str(shard)[:80]}"
+    return ""
 
 
 def prepared_vocab_size(folder: str | Path) -> int | None:

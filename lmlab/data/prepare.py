@@ -17,6 +17,7 @@ import dataclasses
 import fcntl
 import hashlib
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,46 +76,146 @@ def prepare(opts: PrepareOptions, on_shard: Callable[[str, int], None] | None = 
             progress: bool | None = None, log: Callable[[str], None] = print) -> dict:
     """Prepare (or finish preparing) ``opts.out``; returns the manifest. ``on_shard(split, index)``
     runs after each shard is recorded (tests interrupt there)."""
-    if opts.shard_tokens < 1 or opts.workers < 0:
-        raise LmlabError("--shard-tokens must be >= 1 and --workers >= 0. Fix: e.g. --shard-tokens "
-                         "100000000 --workers 4.")
+    try:
+        return _prepare(opts, on_shard, progress, log)
+    except OSError as err:  # a full disk, a name too long, a source file removed while it was read
+        where = err.filename or opts.out
+        raise LmlabError(f"{where}: {err.strerror or err}. Fix: give paths that exist and can be read, an "
+                         "--out on a disk with free space; shards already written are kept, and the same "
+                         "command continues from them.") from None
+
+
+def _utf8_names(opts: PrepareOptions, files: list[InputFile]) -> None:
+    """The manifest records every path as UTF-8 JSON: a name that is not UTF-8 is refused up front."""
+    named = [("--out", opts.out), ("SOURCE", opts.source), ("--val", opts.val),
+             ("--tokenizer-path", opts.tokenizer_path)] + [("source file", f.path) for f in files]
+    for flag, name in named:
+        try:
+            str(name).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = str(name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise LmlabError(f"{flag} {shown}: its name holds bytes that are not UTF-8, which the manifest "
+                             "cannot record. Fix: rename it with a UTF-8 name.") from None
+
+
+def _prepare(opts: PrepareOptions, on_shard, progress, log) -> dict:
+    _check_numbers(opts)
+    _utf8_names(opts, [])
     out = Path(opts.out)
-    _check_out(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with _locked(out):
-        files = find_inputs(opts.source, opts.val, opts.split, opts.val_split, opts.text_field)
-        _refuse_overlap(files)
-        plan = plan_units(files, opts.unit_bytes())
-        manifest = mf.read_manifest(out)
-        if manifest is None:
-            tokenizer = _new_tokenizer(opts, files, plan)
-            save_tokenizer(tokenizer, out / mf.TOKENIZER_FILE)
-            manifest = _new_manifest(opts, files, load_tokenizer(out / mf.TOKENIZER_FILE))
-            mf.write_manifest(out, manifest)
-        else:
-            _check_continue(out, manifest, opts, files)
-        manifest["command"] = opts.command or manifest.get("command", "")
-        _keep_intact(out, manifest, plan)
-        if manifest["complete"]:
-            log(f"{out} is already prepared (complete): nothing to do.")
+    fresh = _check_out(out)
+    # everything that can be refused from the inputs alone is, before anything is created at --out
+    files = find_inputs(opts.source, opts.val, opts.split, opts.val_split, opts.text_field)
+    _refuse_overlap(files)
+    _utf8_names(opts, files)
+    _refuse_out_in_source(out, opts, files)
+    plan = plan_units(files, opts.unit_bytes())
+    given = None
+    if fresh:
+        tokenizer_config(opts)
+        if opts.tokenizer_path:  # a file that is not a tokenizer: refused before --out exists
+            given = _new_tokenizer(opts, files, plan)
+    _make_out(out)
+    try:
+        with _locked(out):
+            _check_out(out)  # again, under the lock (another process may have written there meanwhile)
+            manifest = mf.read_manifest(out)
+            if manifest is None:
+                tokenizer = given or _new_tokenizer(opts, files, plan)
+                save_tokenizer(tokenizer, out / mf.TOKENIZER_FILE)
+                manifest = _new_manifest(opts, files, load_tokenizer(out / mf.TOKENIZER_FILE))
+                mf.write_manifest(out, manifest)
+            else:
+                _check_continue(out, manifest, opts, files)
+            manifest["command"] = opts.command or manifest.get("command", "")
+            _keep_intact(out, manifest, plan)
+            if manifest["complete"]:
+                log(f"{out} is already prepared (complete): nothing to do.")
+                return manifest
+            _Writer(out, manifest, files, plan, opts, on_shard, log).run(progress)
+            _refuse_no_text(out, manifest, opts)
             return manifest
-        _Writer(out, manifest, files, plan, opts, on_shard, log).run(progress)
-        return manifest
+    except OSError as err:  # a full disk, a source file removed or unreadable while it was read
+        where = err.filename or out
+        raise LmlabError(f"{where}: {err.strerror or err}. The shards written so far are kept in {out}. "
+                         f"Fix: free space / restore the file, then run the same command again to "
+                         "continue.") from None
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise LmlabError(f"--out {out} is a file. Fix: give a new or empty folder.")
-    if out.is_dir() and not (out / mf.MANIFEST_FILE).exists():
-        others = sorted(p.name for p in out.iterdir() if not _ours(p.name))
-        if others:
-            raise LmlabError(f"--out {out} holds other files ({', '.join(others[:3])}) and no "
-                             f"{mf.MANIFEST_FILE}. Fix: give a new or empty folder.")
+def _check_numbers(opts: PrepareOptions) -> None:
+    if opts.workers < 0:
+        raise LmlabError(f"--workers {opts.workers}: must be >= 0 (0: one process per CPU). Fix: e.g. "
+                         "--workers 4, or drop --workers.")
+    if opts.shard_tokens < 1:
+        raise LmlabError(f"--shard-tokens {opts.shard_tokens}: must be >= 1. Fix: e.g. --shard-tokens "
+                         "100000000 (the default), or drop --shard-tokens.")
+    if opts.vocab_size < 0:
+        raise LmlabError(f"--vocab-size {opts.vocab_size}: must be >= 0. Fix: e.g. --vocab-size 32000, "
+                         "or drop --vocab-size.")
+
+
+def _check_out(out: Path) -> bool:
+    """``--out`` is a new folder, an empty one, or one a preparation wrote (its manifest, or, before
+    the manifest exists, its lock file, the first thing a preparation creates there): never a
+    folder of someone else's files, which continuing would delete or replace (``train.bin``,
+    ``tokenizer.json``). True: no preparation has started there."""
+    if out.is_symlink() and not out.exists() or out.exists() and not out.is_dir():
+        raise LmlabError(f"--out {out} is a {'file' if out.exists() else 'broken link'}, not a folder. Fix: "
+                         "give the path of a new or empty folder.")
+    if not out.is_dir():
+        return True
+    if (out / mf.MANIFEST_FILE).exists():
+        try:
+            mf.read_manifest(out)
+        except LmlabError as err:
+            raise LmlabError(f"--out {out}: {str(err).split(' Fix: ')[0]} Fix: give a new or empty folder as "
+                             "--out (or, for a preparation of yours whose manifest is damaged, delete the "
+                             "folder and prepare again).") from None
+        return False
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as err:
+        raise LmlabError(f"--out {out} cannot be read ({err.strerror or err}). Fix: give a folder you can "
+                         "read and write.") from None
+    started = LOCK_FILE in names  # a preparation stopped before it wrote its manifest
+    others = [n for n in names if not (started and _ours(n) or n == LOCK_FILE)]
+    if others:
+        raise LmlabError(f"--out {out} holds files that lmlab data prepare did not write "
+                         f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and no "
+                         f"{mf.MANIFEST_FILE}; preparing there would replace or delete them. Fix: give a "
+                         "new or empty folder as --out.")
+    return True
+
+
+OUR_NAMES = re.compile(r"(?:(?:train|val)\.\d{5}\.(?:bin|idx\.npy)|\.(?:train|val)\.\d{5}\.(?:bin|idx\.npy)"
+                       r"\.tmp-\d+|\.(?:manifest|tokenizer)\.json\.tmp-\d+)")
 
 
 def _ours(name: str) -> bool:
-    return name in (mf.TOKENIZER_FILE, LOCK_FILE) or name.startswith(".") and ".tmp-" in name or \
-        name.startswith(tuple(f"{s}." for s in mf.SPLITS)) and name.endswith((".bin", ".idx.npy"))
+    """A name a preparation writes (shards, their indexes, and the temporary files of both and of
+    the manifest and the tokenizer): the only files it ever deletes."""
+    return name in (mf.TOKENIZER_FILE, LOCK_FILE) or OUR_NAMES.fullmatch(name) is not None
+
+
+def _refuse_out_in_source(out: Path, opts: PrepareOptions, files: list[InputFile]) -> None:
+    """--out that is the source or holds it: the shards would land among the text they are made from
+    (and a later run would read them as source). A folder inside the source is fine: no source
+    layout reads a shard."""
+    target = out.resolve()
+    for flag, given in (("SOURCE", opts.source), ("--val", opts.val)):
+        source = Path(given).resolve() if given else None
+        if source is not None and (target == source or target in source.parents):
+            raise LmlabError(f"--out {out} is {'the' if target == source else 'a folder holding the'} "
+                             f"{flag} {given}. Fix: give an --out outside the source, e.g. a new sibling "
+                             "folder.")
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / LOCK_FILE).touch()
+    except OSError as err:
+        raise LmlabError(f"cannot create --out {out}: {err.strerror or err}. Nothing was written. Fix: "
+                         "give an --out on a writable disk.") from None
 
 
 class _locked:
@@ -225,6 +326,20 @@ def _check_continue(out: Path, manifest: dict, opts: PrepareOptions, files: list
                              "to start over from the source as it is now.")
     if before:
         raise LmlabError(f"{next(iter(before))} is gone from the source since {out} was started. Fix: {again}.")
+
+
+def _refuse_no_text(out: Path, manifest: dict, opts: PrepareOptions) -> None:
+    """A source whose training split has no text token (every record bad, blank or empty) is not
+    text to train on: said with exit 2, not reported as prepared."""
+    train = manifest["splits"]["train"]
+    if train.get("text_tokens", 0) > 0:
+        return
+    bad = manifest["bad_records"]
+    shown = f" (e.g. {bad['shown'][0]})" if bad["shown"] else ""
+    raise LmlabError(f"SOURCE {opts.source} holds no training text: {train.get('documents', 0):,} document(s) "
+                     f"with text, {bad['count']:,} bad record(s) skipped{shown}. {out} holds nothing to train "
+                     f"on. Fix: point at the text itself (jsonl lines with a {opts.text_field!r} string, plain "
+                     f"text, or a dataset column via --text-field), then prepare into a new --out.")
 
 
 def _keep_intact(out: Path, manifest: dict, plan: dict) -> None:
@@ -364,6 +479,11 @@ def describe(folder: str | Path, documents: int = 2, chars: int = 300, verify: b
     """``lmlab data inspect``: the manifest in a few lines, the problems a training would meet, and
     the first ``documents`` training documents decoded (``chars`` characters each)."""
     folder = Path(folder)
+    if documents < 0 or chars < 0:
+        raise LmlabError(f"--docs {documents} --chars {chars}: both must be >= 0. Fix: e.g. --docs 2 --chars 300.")
+    if not folder.exists():
+        raise LmlabError(f"{folder} does not exist. Fix: give the folder `lmlab data prepare SOURCE --out DIR` "
+                         "wrote to.")
     manifest = mf.read_manifest(folder) if folder.is_dir() else None
     if manifest is None:
         raise LmlabError(f"{folder} is not a prepared folder (no {mf.MANIFEST_FILE}). Fix: prepare it with "
@@ -396,7 +516,12 @@ def describe(folder: str | Path, documents: int = 2, chars: int = 300, verify: b
     if verify:
         lines += _verify(folder, manifest)
     if not problems:
-        lines += _samples(folder, manifest, documents, chars)
+        try:
+            lines += _samples(folder, manifest, documents, chars)
+        except (OSError, ValueError, EOFError, LmlabError) as err:
+            lines.append(f"  problem: the first training shard or its document index cannot be read "
+                         f"({str(err).splitlines()[0][:160]}). Fix: prepare the data again (delete {folder}, "
+                         f"re-run `{mf.prepare_command(manifest)}`).")
     return "\n".join(lines)
 
 
@@ -415,7 +540,7 @@ def _verify(folder: Path, manifest: dict) -> list[str]:
 
 
 def _samples(folder: Path, manifest: dict, documents: int, chars: int) -> list[str]:
-    shards = manifest["splits"]["train"]["shards"]
+    shards = [s for s in manifest["splits"]["train"]["shards"] if s["tokens"] > 0]
     if not shards or documents <= 0:
         return []
     tokenizer = load_tokenizer(folder / mf.TOKENIZER_FILE)

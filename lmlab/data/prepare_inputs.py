@@ -69,6 +69,10 @@ def find_inputs(source: str, val: str = "", split: str = "train", val_split: str
     if not path.exists():
         raise LmlabError(f"{source} does not exist. Fix: give lmlab data prepare a Lingua source folder, "
                          "a jsonl or text file (or folder of them), or a local Hugging Face dataset.")
+    if not path.is_dir() and not path.is_file():
+        raise LmlabError(f"{source} is not a regular file or a folder (a pipe or device?). Fix: give lmlab "
+                         "data prepare a Lingua source folder, a jsonl or text file (or folder of them), or "
+                         "a local Hugging Face dataset.")
     train, found_val = _split_files(path, split, val_split, column)
     if val:
         if not Path(val).exists():
@@ -92,7 +96,7 @@ def _split_files(path: Path, split: str, val_split: str | None, column: str) -> 
     if path.is_file():
         return [(path, _kind(path))], []
     if (path / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk
-        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        splits = _saved_json(path / "dataset_dict.json").get("splits", [])
         if split not in splits:
             raise LmlabError(f"{path} has no split {split!r} (it has {', '.join(splits)}). Fix: --split NAME.")
         val = _saved_dataset(path / val_split) if val_split and val_split in splits else []
@@ -111,8 +115,27 @@ def _split_files(path: Path, split: str, val_split: str | None, column: str) -> 
     return [(p, "text") for p in sorted(path.glob("*.txt")) if p.is_file()], []
 
 
+def _saved_json(path: Path) -> dict:
+    """A ``save_to_disk`` folder's dataset_dict.json or state.json, refused by name when it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(value, dict):
+            files = value.get("_data_files", [])
+            if path.name == "state.json" and not (isinstance(files, list) and all(
+                    isinstance(f, dict) and isinstance(f.get("filename"), str) for f in files)):
+                raise ValueError("'_data_files' is not a list of files")
+            if path.name == "dataset_dict.json" and not isinstance(value.get("splits", []), list):
+                raise ValueError("'splits' is not a list")
+            return value
+        raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise LmlabError(f"{path} is not the {path.name} that datasets' save_to_disk writes ({err}). Fix: "
+                         "save the dataset again (Dataset.save_to_disk), or point at its data files "
+                         "(*.parquet, *.arrow, *.jsonl).") from None
+
+
 def _saved_dataset(folder: Path) -> list[tuple[Path, str]]:
-    state = json.loads((folder / "state.json").read_text())
+    state = _saved_json(folder / "state.json")
     return [(folder / item["filename"], "arrow") for item in state.get("_data_files", [])]
 
 
@@ -128,24 +151,71 @@ def _hub_split(files: list[Path], root: Path, split: str, strict: bool = False) 
     return [(p, _kind(p)) for p in chosen]
 
 
+# the first bytes of what is not text: compressed files, archives, executables, UTF-16 (its BOM)
+MAGIC = ((b"\x1f\x8b", "gzip-compressed", "gunzip it"), (b"\x28\xb5\x2f\xfd", "zstd-compressed", "unzstd it"),
+         (b"BZh", "bzip2-compressed", "bunzip2 it"), (b"\xfd7zXZ\x00", "xz-compressed", "unxz it"),
+         (b"PK\x03\x04", "a zip archive", "unzip it"), (b"\x7fELF", "an executable", "give the text files"),
+         (b"\xff\xfe", "UTF-16 text", "convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"),
+         (b"\xfe\xff", "UTF-16 text", "convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"))
+SNIFF_BYTES = 8192
+
+
+def not_text(path: Path) -> str | None:
+    """Why a jsonl or text file is plainly not text (a compressed file, an archive, binary data:
+    NUL bytes in its first block), or None. Every line of such a file would be a bad record: it is
+    refused by name instead of being prepared into zero documents."""
+    with open(path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    for magic, what, fix in MAGIC:
+        if head.startswith(magic):
+            return f"is {what}, not UTF-8 text. Fix: {fix} and prepare the result"
+    if b"\x00" in head:
+        return ("holds NUL bytes: binary data, not UTF-8 text. Fix: give the text files (jsonl with a "
+                "'text' field per line, or plain text) instead")
+    return None
+
+
 def _stat(path: Path, kind: str, split: str, column: str) -> InputFile:
-    st = path.stat()
+    try:
+        st = path.stat()
+        if not path.is_file():
+            raise LmlabError(f"{path} is {'a folder' if path.is_dir() else 'not a regular file (a pipe or device)'}, "
+                             "not a data file. Fix: give files (or rename it so that it does not look like one).")
+        why = not_text(path) if kind in ("jsonl", "text") and st.st_size else None
+    except OSError as err:
+        what = "a broken link" if path.is_symlink() and not path.exists() else err.strerror or str(err)
+        raise LmlabError(f"{path} cannot be read: {what}. Fix: restore it or remove it from the source.") from None
+    if why:
+        raise LmlabError(f"{path} {why}.")
     units = _hf_units(path, kind, column) if kind in ("parquet", "arrow") else 0
     return InputFile(str(path.resolve()), kind, split, st.st_size, st.st_mtime_ns, units)
 
 
 def _hf_units(path: Path, kind: str, column: str) -> int:
     """Row groups of a parquet file, rows of an arrow file; refuses a file without ``column``."""
-    if kind == "parquet":
-        import pyarrow.parquet as pq  # lazy: only Hugging Face sources need pyarrow
-        meta = pq.ParquetFile(path)
-        names, units = meta.schema_arrow.names, meta.metadata.num_row_groups
-    else:
-        table = _arrow_table(str(path))
-        names, units = table.column_names, table.num_rows
+    import pyarrow as pa  # lazy: only Hugging Face sources need pyarrow
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+            meta = pq.ParquetFile(path)
+            names, units = meta.schema_arrow.names, meta.metadata.num_row_groups
+        else:
+            table = _arrow_table(str(path))
+            names, units = table.column_names, table.num_rows
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise LmlabError(f"{path} is not a readable {kind} file ({str(err).splitlines()[0][:200]}). Fix: "
+                         f"replace it with a whole {kind} file, or remove it from the source.") from None
     if column not in names:
         raise LmlabError(f"{path} has no column {column!r} (its columns: {', '.join(names)}). Fix: "
                          "--text-field NAME names the column that holds the text.")
+    if kind == "parquet":
+        field = meta.schema_arrow.field(column)
+    else:
+        field = table.schema.field(column)
+    if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+            or pa.types.is_null(field.type)):
+        raise LmlabError(f"{path}: column {column!r} holds {field.type}, not text. Fix: --text-field NAME "
+                         f"names the column that holds the text (its columns: {', '.join(names)}).")
     return units
 
 
@@ -202,41 +272,30 @@ def read_unit(f: InputFile, unit: Unit, column: str = "text") -> UnitText:
 
 def align(handle, offset: int, size: int, kind: str) -> int:
     """The first document boundary at or after ``offset``: a line start (jsonl), or the line start
-    after a blank line (text). Monotone in ``offset``, so aligned units tile the file."""
+    after a blank line (text). Monotone in ``offset``, so aligned units tile the file. Scans block
+    by block without gathering lines: linear in the distance, whatever the length of a line."""
     if offset <= 0:
         return 0
     if offset >= size:
         return size
-    lines = _lines_from(handle, offset - 1)
-    for text, end in lines:  # the rest of the line holding byte offset - 1
-        if not text.endswith(b"\n"):
-            return size
-        if kind == "jsonl":
-            return end
-        break
-    for text, end in lines:
-        if text.endswith(b"\n") and not text[:-1].strip(BLANK):
-            return end
-    return size
-
-
-def _lines_from(handle, pos: int):
-    """(line with its newline, offset after it) from byte ``pos`` on; the last may lack the newline."""
-    handle.seek(pos)
-    rest = b""
+    base = offset - 1  # the file offset of chunk[0]
+    handle.seek(base)
+    in_first, blank = True, True  # still in the line holding byte offset - 1; the line so far is blank
     while True:
         chunk = handle.read(SEEK_BLOCK)
         if not chunk:
-            if rest:
-                yield rest, pos + len(rest)
-            return
-        data, start = rest + chunk, 0
-        cut = data.find(b"\n")
-        while cut >= 0:
-            pos += cut + 1 - start
-            yield data[start:cut + 1], pos
-            start, cut = cut + 1, data.find(b"\n", cut + 1)
-        rest = data[start:]
+            return size
+        start = 0
+        while True:
+            cut = chunk.find(b"\n", start)
+            if not in_first and blank and chunk[start:len(chunk) if cut < 0 else cut].strip(BLANK):
+                blank = False
+            if cut < 0:
+                break
+            if in_first and kind == "jsonl" or not in_first and blank:
+                return base + cut + 1
+            in_first, blank, start = False, True, cut + 1
+        base += len(chunk)
 
 
 def _jsonl_texts(data: bytes, at_eof: bool) -> tuple[list, list]:

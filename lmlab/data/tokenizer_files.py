@@ -75,11 +75,33 @@ def saved_by_a_run(kind: str, path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("lmlab_tokenizer") == kind else None
 
 
-def existing(kind: str, path: Path) -> Path:
+MAX_FILE_BYTES = 1 << 30  # far above any tokenizer file (Llama 3's: 2 MB; large tokenizer.json: ~40 MB)
+
+
+def file_problem(path: Path, folder_ok: bool = False) -> str | None:
+    """Why ``path`` cannot be a tokenizer file at all (missing, a folder, a pipe, empty, or as big as
+    a corpus: it would be read whole), or None. Nothing is opened: a pipe would block the read."""
     path = Path(path)
     if not path.exists():
-        raise TokenizerFileError(f"{path} does not exist.",
-                                 f"point data.tokenizer.path at {WHAT[kind]}")
+        return f"{path} does not exist."
+    if path.is_dir():
+        return None if folder_ok else f"{path} is a folder, not a tokenizer file."
+    if not path.is_file():
+        return f"{path} is not a regular file (a pipe or device)."
+    size = path.stat().st_size
+    if size == 0:
+        return f"{path} is empty (0 bytes): not a tokenizer file."
+    if size > MAX_FILE_BYTES:
+        return (f"{path} has {size:,} bytes, far more than any tokenizer file (a corpus or a model?); "
+                "it is not read.")
+    return None
+
+
+def existing(kind: str, path: Path) -> Path:
+    path = Path(path)
+    problem = file_problem(path, folder_ok=kind == "hf")
+    if problem:
+        raise TokenizerFileError(problem, f"point data.tokenizer.path at {WHAT[kind]}")
     return path
 
 
@@ -140,6 +162,8 @@ def sniff(path: Path) -> str | None:
     path = Path(path)
     if path.is_dir():
         return "hf" if (path / "tokenizer.json").is_file() else None
+    if file_problem(path):
+        return None
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
@@ -158,8 +182,8 @@ def sniff(path: Path) -> str | None:
         return "tiktoken"
     try:
         spm = importlib.import_module("sentencepiece")
-        spm.SentencePieceProcessor(model_proto=Path(path).read_bytes())
-        return "sentencepiece"
+        model = spm.SentencePieceProcessor(model_proto=Path(path).read_bytes())
+        return "sentencepiece" if model.get_piece_size() > 0 else None
     except Exception:  # noqa: BLE001 (not installed, or not a model: either way not recognised)
         return None
 

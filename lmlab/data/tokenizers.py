@@ -20,7 +20,7 @@ import tokenizers as hf  # Hugging Face tokenizers (the BPE implementation)
 from lmlab.atomic import write_text
 from lmlab.data import field_tokenizers
 from lmlab.data.field_tokenizers import HFEncoding
-from lmlab.data.tokenizer_files import KINDS as FILE_KINDS, WHAT, TokenizerFileError, sniff
+from lmlab.data.tokenizer_files import KINDS as FILE_KINDS, WHAT, TokenizerFileError, file_problem, sniff
 from lmlab.errors import LmlabError, Problem
 
 TOKENIZERS = ("bytes", "bpe", "word", *FILE_KINDS)
@@ -72,8 +72,9 @@ def check(cfg: TokenizerConfig) -> list[Problem]:
     if cfg.name != "bytes" and cfg.vocab_size and cfg.vocab_size < 8:
         problems.append(Problem("data.tokenizer.vocab_size", f"too small: {cfg.vocab_size}.",
                                 "set data.tokenizer.vocab_size to at least a few hundred"))
-    if cfg.path and not Path(cfg.path).is_file():
-        problems.append(Problem("data.tokenizer.path", f"{cfg.path} does not exist.",
+    problem = file_problem(Path(cfg.path)) if cfg.path else None
+    if problem:
+        problems.append(Problem("data.tokenizer.path", problem,
                                 "point it at a tokenizer.json from an lmlab run, or remove it"))
     return problems
 
@@ -294,6 +295,10 @@ def load_tokenizer(path: Path, cfg: TokenizerConfig | None = None) -> Tokenizer:
         return open_configured(cfg, path)
     if path.is_dir():
         return field_tokenizers.open_file("hf", path)
+    problem = file_problem(path)
+    if problem:
+        raise LmlabError(f"{problem} Fix: point data.tokenizer.path at a tokenizer file (a run's "
+                         "tokenizer.json, or hf / sentencepiece / tiktoken with data.tokenizer.name its kind).")
     try:
         raw = path.read_bytes()
         if raw.lstrip()[:1] != b"{":

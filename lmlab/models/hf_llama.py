@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lmlab.errors import Problem
@@ -131,16 +131,31 @@ def check(cfg: TransformerConfig, expected: dict[str, tuple[int, ...]], vocab_si
         return [Problem(key, f"{cfg.init_from!r} is not a supported source.",
                         "write model.init_from=hf:DIR (a local Hugging Face Llama folder)")]
     config_file = folder / "config.json"
-    if not config_file.is_file() or not all(f.is_file() for f in _weight_files(folder)):
+    again = ("export it again (`lmlab export RUN --format hf --out DIR`, or save_pretrained), or point "
+             "model.init_from at an intact Llama folder")
+    try:
+        weights = _weight_files(folder) if folder.is_dir() else []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return [Problem(key, f"{folder / 'model.safetensors.index.json'} is not a safetensors index "
+                        f"({type(err).__name__}: {err}).", again)]
+    if not config_file.is_file() or not weights or not all(f.is_file() for f in weights):
         return [Problem(key, f"{folder} is not a Hugging Face checkpoint folder (needs config.json and "
                         "model.safetensors or an index).", "point it at a save_pretrained folder")]
-    hf = json.loads(config_file.read_text(encoding="utf-8"))
-    problems = _config_problems(hf, cfg, vocab_size, folder)
+    try:
+        hf = json.loads(config_file.read_text(encoding="utf-8"))
+        if not isinstance(hf, dict):
+            raise ValueError("not a JSON object")
+        problems = _config_problems(hf, cfg, vocab_size, folder)
+    except (OSError, ValueError, TypeError) as err:
+        return [Problem(key, f"{config_file} is not a transformers config.json ({err}).", again)]
     try:
         shapes = {lmlab_name(k): v for k, v in saved_shapes(folder).items() if not k.endswith("inv_freq")}
     except KeyError as err:
         return problems + [Problem(key, f"{folder} has tensor {err.args[0]!r}, which a Llama in lmlab "
                                    "does not have.", "use a plain LlamaForCausalLM checkpoint")]
+    except (SafetensorError, OSError) as err:
+        return problems + [Problem(key, f"the weights in {folder} cannot be read (truncated or not "
+                                   f"safetensors: {err}).", again)]
     for name, shape in expected.items():
         saved = shapes.get(name, expected["tok_embeddings.weight"] if name == "output.weight" and
                            cfg.weight_tying else None)
