@@ -70,6 +70,12 @@ class SourceCursor:
             block = self._current_block()
         return [block.records[i] for i in block.order[self.taken: self.taken + n]]
 
+    def last_taken(self) -> Record:
+        """The document taken last (the current block's, read again after a resume)."""
+        assert self.taken > 0, "nothing taken from this block yet"
+        block = self._current_block()
+        return block.records[block.order[self.taken - 1]]
+
     def take(self, readable: bool) -> None:
         """The next document was consumed (``readable``: not a bad record)."""
         self.taken += 1

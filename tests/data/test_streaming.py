@@ -240,3 +240,24 @@ def test_a_lone_surrogate_is_a_bad_record_not_a_crash(tmp_path):
     with pytest.warns(UserWarning, match=r"s\.chunk\.00\.jsonl:2: a lone surrogate escape"):
         text = bytes(t for _ in range(8) for t in loader.next_batch()[0, 1:].tolist() if t < 256)
     assert "😀".encode() in text and b"half a pair" not in text
+
+
+def test_a_long_document_left_over_is_read_again_not_saved(tmp_path, monkeypatch):
+    """The tokens left over from a long document go into the position as a count: a resumed
+    loader reads the document again and gives the same batches; the state stays small."""
+    monkeypatch.setattr(loader_module, "INLINE_TOKENS", 64)
+    write_jsonl(tmp_path / "s" / "s.chunk.00.jsonl", ["short one", "x" * 5000 + "END", "after it"] * 3)
+    cfg = DataConfig(source="jsonl", root_dir=str(tmp_path), sources={"s": 1.0})
+    straight = make(cfg, block_docs=2, batch=2, seq=100)
+    expected = [straight.next_batch() for _ in range(60)]
+    for stop in (3, 11, 30):
+        first = make(cfg, block_docs=2, batch=2, seq=100)
+        for _ in range(stop):
+            first.next_batch()
+        state = json.loads(json.dumps(first.state_dict()))
+        assert len(json.dumps(state)) < 3000
+        resumed = make(cfg, block_docs=2, batch=2, seq=100)
+        resumed.load_state_dict(state)
+        for want in expected[stop:stop + 20]:
+            assert torch.equal(resumed.next_batch(), want), stop
+    assert "buffer_tail" in json.dumps(state)
