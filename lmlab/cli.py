@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command as typed: provenance and the resume hint repeat it
     try:
+        _check_utf8(argv)
         app = importlib.import_module(f"lmlab.apps.{COMMANDS[args.command][0]}")
         return app.run(args)
     except LmlabError as err:
@@ -188,6 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _check_utf8(argv: list[str]) -> None:
+    """Bytes that are not UTF-8 in an argument (a path, a value) cannot be written to the run's
+    config, events or provenance: refused up front, instead of failing halfway."""
+    for word in argv:
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = word.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+            raise LmlabError(f"the argument {shown!r} holds bytes that are not UTF-8 text. Fix: use a "
+                             "UTF-8 name (rename the file or folder it names).") from None
 
 
 if __name__ == "__main__":

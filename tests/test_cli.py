@@ -96,3 +96,15 @@ def test_a_crash_after_preflight_is_recorded_and_reported_in_one_line(tmp_path, 
     status = run_status(run)
     assert (status["status"], status["phase"]) == ("failed", "data")
     assert (run / status["exception"]["traceback_file"]).is_file()
+
+
+def test_an_argument_with_bytes_that_are_not_utf8_is_refused_up_front(tmp_path, capsys):
+    """A dump_dir named with a stray byte (b"\\xff", as a shell passes it) used to fail halfway
+    through writing the run directory; now nothing is written and the message says why."""
+    import os
+
+    run = os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xff")
+    assert main(["train", str(CONFIGS / "quickstart.yaml"), f"dump_dir={run}", "steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds bytes that are not UTF-8 text" in err and "Fix: use a UTF-8 name" in err
+    assert not any(tmp_path.iterdir())
