@@ -8,6 +8,20 @@ import torch
 
 from helpers import make_jsonl_root
 
+# The system tier: modules whose tests start processes (torchrun, `python -m lmlab`, kill -9,
+# signals, SLURM). `python -m pytest -q -m "not system"` is the edit loop; README's command runs all.
+SYSTEM_MODULES = ("distributed/", "system/", "sweeps/test_local.py", "sweeps/test_slurm_array.py",
+                  "sweeps/test_real_slurm_array.py", "training/test_kill_resume.py",
+                  "training/test_faults.py", "training/test_run_lock.py")
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        where = Path(str(item.fspath)).relative_to(TESTS).as_posix()
+        if where.startswith(SYSTEM_MODULES):
+            item.add_marker(pytest.mark.system)
+
 
 @pytest.fixture
 def jsonl_root(tmp_path: Path) -> Path:

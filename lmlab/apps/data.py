@@ -12,7 +12,8 @@ import signal
 import sys
 import time
 
-from lmlab.data.prepare import PrepareOptions, describe, prepare
+from lmlab.data.inspection import describe
+from lmlab.data.prepare import PrepareOptions, prepare
 from lmlab.errors import LmlabError
 from lmlab.humanize import duration, si
 

@@ -14,28 +14,23 @@ mix two versions of it. Bad records are skipped and counted as training counts t
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
-import os
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from tqdm import tqdm
 
 from lmlab.data import manifest as mf
 from lmlab.data.badrecords import BadRecords
 from lmlab.data.prepare_inputs import InputFile, Unit, find_inputs, plan_units, read_unit, unit_bytes_of
+from lmlab.data.prepare_target import LOCK_FILE, check_out, locked, make_out, ours, refuse_out_in_source
 from lmlab.data.prepare_work import SHOWN_BAD, Piece, Runner, Shard, cpu_count
 from lmlab.data.tokenizers import (TOKENIZERS, Tokenizer, TokenizerConfig, check as check_tokenizer,
                                    load_tokenizer, save_tokenizer, train_tokenizer)
 from lmlab.errors import ConfigError, LmlabError, Problem, did_you_mean
 from lmlab.humanize import si
 
-LOCK_FILE = ".prepare.lock"
 FLAGS = {"name": "--tokenizer", "path": "--tokenizer-path", "vocab_size": "--vocab-size", "bos": "--bos",
          "eos": "--eos"}
 
@@ -102,22 +97,22 @@ def _prepare(opts: PrepareOptions, on_shard, progress, log) -> dict:
     _check_numbers(opts)
     _utf8_names(opts, [])
     out = Path(opts.out)
-    fresh = _check_out(out)
+    fresh = check_out(out)
     # everything that can be refused from the inputs alone is, before anything is created at --out
     files = find_inputs(opts.source, opts.val, opts.split, opts.val_split, opts.text_field)
     _refuse_overlap(files)
     _utf8_names(opts, files)
-    _refuse_out_in_source(out, opts, files)
+    refuse_out_in_source(out, {"SOURCE": opts.source, "--val": opts.val})
     plan = plan_units(files, opts.unit_bytes())
     given = None
     if fresh:
         tokenizer_config(opts)
         if opts.tokenizer_path:  # a file that is not a tokenizer: refused before --out exists
             given = _new_tokenizer(opts, files, plan)
-    _make_out(out)
+    make_out(out)
     try:
-        with _locked(out):
-            _check_out(out)  # again, under the lock (another process may have written there meanwhile)
+        with locked(out):
+            check_out(out)  # again, under the lock (another process may have written there meanwhile)
             manifest = mf.read_manifest(out)
             if manifest is None:
                 tokenizer = given or _new_tokenizer(opts, files, plan)
@@ -151,91 +146,6 @@ def _check_numbers(opts: PrepareOptions) -> None:
     if opts.vocab_size < 0:
         raise LmlabError(f"--vocab-size {opts.vocab_size}: must be >= 0. Fix: e.g. --vocab-size 32000, "
                          "or drop --vocab-size.")
-
-
-def _check_out(out: Path) -> bool:
-    """``--out`` is a new folder, an empty one, or one a preparation wrote (its manifest, or, before
-    the manifest exists, its lock file, the first thing a preparation creates there): never a
-    folder of someone else's files, which continuing would delete or replace (``train.bin``,
-    ``tokenizer.json``). True: no preparation has started there."""
-    if out.is_symlink() and not out.exists() or out.exists() and not out.is_dir():
-        raise LmlabError(f"--out {out} is a {'file' if out.exists() else 'broken link'}, not a folder. Fix: "
-                         "give the path of a new or empty folder.")
-    if not out.is_dir():
-        return True
-    if (out / mf.MANIFEST_FILE).exists():
-        try:
-            mf.read_manifest(out)
-        except LmlabError as err:
-            raise LmlabError(f"--out {out}: {str(err).split(' Fix: ')[0]} Fix: give a new or empty folder as "
-                             "--out (or, for a preparation of yours whose manifest is damaged, delete the "
-                             "folder and prepare again).") from None
-        return False
-    try:
-        names = sorted(p.name for p in out.iterdir())
-    except OSError as err:
-        raise LmlabError(f"--out {out} cannot be read ({err.strerror or err}). Fix: give a folder you can "
-                         "read and write.") from None
-    started = LOCK_FILE in names  # a preparation stopped before it wrote its manifest
-    others = [n for n in names if not (started and _ours(n) or n == LOCK_FILE)]
-    if others:
-        raise LmlabError(f"--out {out} holds files that lmlab data prepare did not write "
-                         f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}) and no "
-                         f"{mf.MANIFEST_FILE}; preparing there would replace or delete them. Fix: give a "
-                         "new or empty folder as --out.")
-    return True
-
-
-OUR_NAMES = re.compile(r"(?:(?:train|val)\.\d{5}\.(?:bin|idx\.npy)|\.(?:train|val)\.\d{5}\.(?:bin|idx\.npy)"
-                       r"\.tmp-\d+|\.(?:manifest|tokenizer)\.json\.tmp-\d+)")
-
-
-def _ours(name: str) -> bool:
-    """A name a preparation writes (shards, their indexes, and the temporary files of both and of
-    the manifest and the tokenizer): the only files it ever deletes."""
-    return name in (mf.TOKENIZER_FILE, LOCK_FILE) or OUR_NAMES.fullmatch(name) is not None
-
-
-def _refuse_out_in_source(out: Path, opts: PrepareOptions, files: list[InputFile]) -> None:
-    """--out that is the source or holds it: the shards would land among the text they are made from
-    (and a later run would read them as source). A folder inside the source is fine: no source
-    layout reads a shard."""
-    target = out.resolve()
-    for flag, given in (("SOURCE", opts.source), ("--val", opts.val)):
-        source = Path(given).resolve() if given else None
-        if source is not None and (target == source or target in source.parents):
-            raise LmlabError(f"--out {out} is {'the' if target == source else 'a folder holding the'} "
-                             f"{flag} {given}. Fix: give an --out outside the source, e.g. a new sibling "
-                             "folder.")
-
-
-def _make_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / LOCK_FILE).touch()
-    except OSError as err:
-        raise LmlabError(f"cannot create --out {out}: {err.strerror or err}. Nothing was written. Fix: "
-                         "give an --out on a writable disk.") from None
-
-
-class _locked:
-    """One preparation per folder (flock, released however the process ends)."""
-
-    def __init__(self, out: Path):
-        self.path = out / LOCK_FILE
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            raise LmlabError(f"{self.path.parent} is being prepared by another process (it holds "
-                             f"{self.path}). Fix: wait for it to end, or prepare into another --out.") from None
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
 
 
 def _refuse_overlap(files: list[InputFile]) -> None:
@@ -359,7 +269,7 @@ def _keep_intact(out: Path, manifest: dict, plan: dict) -> None:
             first_unit = shard["units"][1]
     keep = {s[k] for split in mf.SPLITS for s in manifest["splits"][split]["shards"] for k in ("name", "index")}
     for path in out.iterdir():
-        if _ours(path.name) and path.name not in keep and path.name not in (mf.TOKENIZER_FILE, LOCK_FILE):
+        if ours(path.name) and path.name not in keep and path.name not in (mf.TOKENIZER_FILE, LOCK_FILE):
             path.unlink(missing_ok=True)
     _summarize(manifest)
     mf.write_manifest(out, manifest)
@@ -470,89 +380,3 @@ class _Writer:
         mf.write_manifest(self.out, self.manifest)
         self.on_shard(split, current[split] - 1)
         return None
-
-
-# --------------------------------------------------------------------------- lmlab data inspect
-
-
-def describe(folder: str | Path, documents: int = 2, chars: int = 300, verify: bool = False) -> str:
-    """``lmlab data inspect``: the manifest in a few lines, the problems a training would meet, and
-    the first ``documents`` training documents decoded (``chars`` characters each)."""
-    folder = Path(folder)
-    if documents < 0 or chars < 0:
-        raise LmlabError(f"--docs {documents} --chars {chars}: both must be >= 0. Fix: e.g. --docs 2 --chars 300.")
-    if not folder.exists():
-        raise LmlabError(f"{folder} does not exist. Fix: give the folder `lmlab data prepare SOURCE --out DIR` "
-                         "wrote to.")
-    manifest = mf.read_manifest(folder) if folder.is_dir() else None
-    if manifest is None:
-        raise LmlabError(f"{folder} is not a prepared folder (no {mf.MANIFEST_FILE}). Fix: prepare it with "
-                         f"`{mf.PREPARE.replace('DIR', str(folder))}`, or give the folder --out wrote to.")
-    opts, tok = manifest["options"], manifest["tokenizer"]
-    state = "complete" if manifest["complete"] else \
-        f"INCOMPLETE (interrupted?): re-run `{mf.prepare_command(manifest)}` to finish"
-    lines = [f"prepared data {folder}: {state}",
-             f"  command: {mf.prepare_command(manifest)}",
-             f"  source: {opts['source']}" + (f" (validation: {opts['val']})" if opts["val"] else "")]
-    for split in mf.SPLITS:
-        files = [f for f in manifest["files"] if f["split"] == split]
-        if files:
-            lines.append(f"  {split} files: {len(files)}, {si(sum(f['size'] for f in files), 'B')}")
-    lines += [f"  tokenizer: {tok['name']}, {tok['vocab_size']:,} ids, BOS {tok['bos_id']} EOS {tok['eos_id']}, "
-              f"sha256 {tok['sha256'][:16]} ({folder / mf.TOKENIZER_FILE})",
-              f"  dtype: {manifest['dtype']}, each document [BOS] + tokens + [EOS]"]
-    for split in mf.SPLITS:
-        entry = manifest["splits"][split]
-        lines.append(f"  {split}: {len(entry['shards'])} shard(s), {entry.get('tokens', 0):,} tokens "
-                     f"({entry.get('text_tokens', 0):,} text tokens), {entry.get('documents', 0):,} documents")
-    bad = manifest["bad_records"]
-    lines.append(f"  bad records skipped: {bad['count']:,}")
-    lines += [f"    {record}" for record in bad["shown"][:10]]
-    if bad["count"] > 10:
-        lines.append(f"    ... and {bad['count'] - 10:,} more (manifest.json lists up to {SHOWN_BAD} per shard)")
-    problems = mf.folder_problems(folder, str(folder)) if manifest["complete"] else []
-    lines += [f"  problem: {p.message} Fix: {p.fix}." for p in problems]
-    lines += [f"  note: {change} since it was prepared" for change in mf.source_changes(manifest)]
-    if verify:
-        lines += _verify(folder, manifest)
-    if not problems:
-        try:
-            lines += _samples(folder, manifest, documents, chars)
-        except (OSError, ValueError, EOFError, LmlabError) as err:
-            lines.append(f"  problem: the first training shard or its document index cannot be read "
-                         f"({str(err).splitlines()[0][:160]}). Fix: prepare the data again (delete {folder}, "
-                         f"re-run `{mf.prepare_command(manifest)}`).")
-    return "\n".join(lines)
-
-
-def _verify(folder: Path, manifest: dict) -> list[str]:
-    bad = []
-    for split in mf.SPLITS:
-        for shard in manifest["splits"][split]["shards"]:
-            digest = hashlib.sha256()
-            with open(folder / shard["name"], "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 24), b""):
-                    digest.update(block)
-            if digest.hexdigest() != shard["sha256"]:
-                bad.append(f"  problem: {folder / shard['name']}: its sha256 is not the manifest's (damaged). "
-                           f"Fix: delete it and re-run `{mf.prepare_command(manifest)}`.")
-    return bad or ["  verified: every shard's sha256 matches the manifest"]
-
-
-def _samples(folder: Path, manifest: dict, documents: int, chars: int) -> list[str]:
-    shards = [s for s in manifest["splits"]["train"]["shards"] if s["tokens"] > 0]
-    if not shards or documents <= 0:
-        return []
-    tokenizer = load_tokenizer(folder / mf.TOKENIZER_FILE)
-    first = shards[0]
-    tokens = np.memmap(folder / first["name"], dtype="<u2" if manifest["dtype"] == "uint16" else "<u4",
-                       mode="r", shape=(first["tokens"],))
-    starts = list(np.load(folder / first["index"])) + [first["tokens"]]
-    lines = []
-    for d in range(min(documents, len(starts) - 1)):
-        ids = tokens[starts[d]:starts[d + 1]]
-        text = tokenizer.decode(int(i) for i in ids)
-        shown = text[:chars] + (" ..." if len(text) > chars else "")
-        lines.append(f"  train document {d} ({len(ids):,} tokens, ids {', '.join(str(int(i)) for i in ids[:8])}"
-                     f"{' ...' if len(ids) > 8 else ''}):\n    {shown!r}")
-    return lines

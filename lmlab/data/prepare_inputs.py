@@ -196,7 +196,7 @@ def _hf_units(path: Path, kind: str, column: str) -> int:
     import pyarrow as pa  # lazy: only Hugging Face sources need pyarrow
     try:
         if kind == "parquet":
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # lazy: as above
             meta = pq.ParquetFile(path)
             names, units = meta.schema_arrow.names, meta.metadata.num_row_groups
         else:

@@ -132,7 +132,7 @@ def load_spec(path: str | Path, out: str | None = None) -> SweepSpec:
 def _read(path: Path, problems: list[Problem]) -> dict:
     if not path.is_file():
         problems.append(Problem(str(path), "sweep spec not found.", "pass an existing YAML file, e.g. "
-                                "configs/sweep_quickstart.yaml"))
+                                "configs/sweeps/quickstart.yaml"))
         return {}
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
