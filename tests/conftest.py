@@ -1,6 +1,7 @@
 """Shared fixtures (plain helpers live in tests/helpers.py)."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,13 @@ SYSTEM_MODULES = ("distributed/", "system/", "sweeps/test_local.py", "sweeps/tes
                   "sweeps/test_real_slurm_array.py", "training/test_kill_resume.py",
                   "training/test_faults.py", "training/test_run_lock.py")
 TESTS = Path(__file__).parent
+
+# A test run started in the background (`bash .ci/run &`, a CI runner without job control) has
+# SIGINT ignored, as bash sets it for `&` jobs, and every process it starts inherits that: the
+# Ctrl-C tests would send SIGINT to processes that never see it. lmlab keeps an ignored SIGINT
+# ignored on purpose (`nohup lmlab train &`), so the tests restore the default here, once.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -43,7 +43,8 @@ def test_a_bad_record_one_rank_meets_stops_both_ranks_at_one_checkpoint(tmp_path
 
 def test_prepared_shards_on_two_processes_stopped_and_resumed_train_what_one_process_trains(tmp_path):
     """Each rank gathers only its rows of the prepared windows; stopped at step 3 and resumed on
-    two processes, the run ends where one uninterrupted process ends (DDP's reduction order aside)."""
+    two processes, the run ends bitwise where an uninterrupted 2-process run ends, and where one
+    process ends up to DDP's reduction order."""
     from safetensors.torch import load_file
     import torch
 
@@ -56,18 +57,18 @@ def test_prepared_shards_on_two_processes_stopped_and_resumed_train_what_one_pro
             f"data.path={prepared}", "data.seq_len=32", "data.batch_size=4", "steps=6",
             "checkpoint.every=3", "logging.progress_bar=false"]
     assert main([*base, f"dump_dir={tmp_path / 'one'}"]) == 0
-    two = [*base, f"dump_dir={tmp_path / 'two'}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    for extra in (["training.stop_at=3"], []):
+    for run, extra in (("straight", []), ("two", ["training.stop_at=3"]), ("two", [])):
         out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              "-m", "lmlab", *two, *extra], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=180)
+                              "-m", "lmlab", *base, f"dump_dir={tmp_path / run}", *extra], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stderr[-3000:]
-    a = load_file(str(tmp_path / "one" / "checkpoints" / "final" / "model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "checkpoints" / "final" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+    weights = {run: load_file(str(tmp_path / run / "checkpoints" / "final" / "model.safetensors"))
+               for run in ("one", "straight", "two")}
+    assert weights["one"].keys() == weights["two"].keys() == weights["straight"].keys()
+    for name, tensor in weights["two"].items():
+        assert torch.equal(tensor, weights["straight"][name])  # resumed == uninterrupted, bitwise
+        torch.testing.assert_close(tensor, weights["one"][name], rtol=1e-5, atol=1e-6)
 
 
 def make_source(folder):
