@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from lmlab.atomic import write_text
 from lmlab.data.sources import DataConfig
 from lmlab.errors import ConfigError, Problem, did_you_mean
 from lmlab.evaluation.config import EvalConfig
+from lmlab.models.hf_llama import INIT_PREFIX
 from lmlab.models.registry import DEFAULT_MODEL, MODELS, model_config_class
 from lmlab.reports.config import ReportConfig
 from lmlab.training.checkpoint import CheckpointConfig
@@ -314,6 +316,37 @@ def finalize_config(cfg: RunConfig) -> RunConfig:
     if lr == cfg.optim.lr:
         return cfg
     return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
+
+
+# Config values that are paths. A job that starts in another folder (a SLURM job runs from its code
+# snapshot) needs them absolute, as preflight resolved them here.
+PATH_KEYS = ("dump_dir", "data.root_dir", "data.path", "data.val_path", "data.tokenizer.path",
+             "eval.data_dir", "eval.include_path", "logging.wandb.dir", "logging.tensorboard.log_dir")
+# Values that hold a path after a prefix (model.init_from=hf:DIR): the path made absolute too
+PREFIXED_PATH_KEYS = {"model.init_from": INIT_PREFIX}
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with every path value (``PATH_KEYS``, ``PREFIXED_PATH_KEYS``) absolute."""
+    for key in PATH_KEYS:
+        cfg = _absolute(cfg, key.split("."), "")
+    for key, prefix in PREFIXED_PATH_KEYS.items():
+        cfg = _absolute(cfg, key.split("."), prefix)
+    return cfg
+
+
+def _absolute(obj, keys: list[str], prefix: str):
+    value = getattr(obj, keys[0], None)
+    if value is None:  # a key this model family does not have
+        return obj
+    if len(keys) > 1:
+        return dataclasses.replace(obj, **{keys[0]: _absolute(value, keys[1:], prefix)})
+    if not isinstance(value, str) or not value.startswith(prefix):
+        return obj
+    path = value[len(prefix):]
+    if not path or os.path.isabs(path):
+        return obj
+    return dataclasses.replace(obj, **{keys[0]: prefix + os.path.abspath(path)})
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:

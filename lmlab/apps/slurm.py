@@ -27,9 +27,8 @@ from pathlib import Path
 
 from lmlab import rundir, slurm_jobs
 from lmlab.atomic import write_text
-from lmlab.config import RunConfig, dump_config, finalize_config, load_config_collecting
+from lmlab.config import RunConfig, absolute_paths, dump_config, finalize_config, load_config_collecting
 from lmlab.errors import ConfigError, LmlabError
-from lmlab.models.hf_llama import INIT_PREFIX
 from lmlab.preflight import device_problems, load_and_check, preflight_warnings, show_warnings
 from lmlab.reports.status import run_status
 from lmlab.runlock import mark_run_dir
@@ -37,12 +36,6 @@ from lmlab.runlog import git_info
 from lmlab.training import distributed
 from lmlab.training.slurm_script import SlurmJob, render
 
-# Config values that are paths: made absolute, as preflight resolved them here (the job starts in
-# the code snapshot's folder, where a relative path would mean something else).
-PATH_KEYS = ("dump_dir", "data.root_dir", "data.path", "data.val_path", "data.tokenizer.path",
-             "eval.data_dir", "eval.include_path", "logging.wandb.dir", "logging.tensorboard.log_dir")
-# Values that hold a path after a prefix (model.init_from=hf:DIR): the path made absolute too
-PREFIXED_PATH_KEYS = {"model.init_from": INIT_PREFIX}
 CPUS_PER_GPU = 4  # --cpus-per-task default: per GPU process of a node (1 per CPU process)
 PACKAGE = Path(__file__).resolve().parents[1]  # the lmlab source this process runs
 _SUBMITTED = re.compile(r"Submitted batch job (\d+)")
@@ -55,7 +48,7 @@ def run(args) -> int:
         raise LmlabError("sbatch not found; use --dry-run to only write the script")
     procs = _procs_per_node(args)
     cfg = _preflight(args.config, args.overrides, args.nodes * procs)
-    cfg, gpus = _device(finalize_config(_absolute_paths(cfg)), args.gpus_per_node, procs)
+    cfg, gpus = _device(finalize_config(absolute_paths(cfg)), args.gpus_per_node, procs)
     run_dir = Path(cfg.dump_dir)
     _refuse_busy(run_dir)
     show_warnings("slurm", preflight_warnings(cfg))
@@ -197,28 +190,6 @@ def _refuse_busy(run_dir: Path) -> None:
                          "cannot be asked here (squeue) whether it is still queued. Fix: run lmlab "
                          f"slurm where squeue works; if job {job} is gone (squeue -j {job}), remove "
                          f"{run_dir / slurm_jobs.JOBS_FILE} and submit again.")
-
-
-def _absolute_paths(cfg: RunConfig) -> RunConfig:
-    for key in PATH_KEYS:
-        cfg = _absolute(cfg, key.split("."), "")
-    for key, prefix in PREFIXED_PATH_KEYS.items():
-        cfg = _absolute(cfg, key.split("."), prefix)
-    return cfg
-
-
-def _absolute(obj, keys: list[str], prefix: str):
-    value = getattr(obj, keys[0], None)
-    if value is None:  # a key this model family does not have
-        return obj
-    if len(keys) > 1:
-        return dataclasses.replace(obj, **{keys[0]: _absolute(value, keys[1:], prefix)})
-    if not isinstance(value, str) or not value.startswith(prefix):
-        return obj
-    path = value[len(prefix):]
-    if not path or os.path.isabs(path):
-        return obj
-    return dataclasses.replace(obj, **{keys[0]: prefix + os.path.abspath(path)})
 
 
 def write_job(cfg: RunConfig, job: SlurmJob) -> None:

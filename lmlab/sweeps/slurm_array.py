@@ -33,9 +33,8 @@ from pathlib import Path
 import lmlab
 from lmlab import slurm_jobs, sweepdir
 from lmlab.atomic import write_text
-from lmlab.config import RunConfig, dump_config, finalize_config
+from lmlab.config import RunConfig, absolute_paths, dump_config, finalize_config
 from lmlab.errors import LmlabError
-from lmlab.models.hf_llama import INIT_PREFIX
 from lmlab.rundir import read_json
 from lmlab.runlock import mark_run_dir
 from lmlab.runlog import git_info
@@ -43,11 +42,6 @@ from lmlab.sweeps.table import now_iso
 from lmlab.sweeps.trials import Trial
 from lmlab.training.slurm_script import SlurmJob, directives, job_name, render
 
-# As lmlab/apps/slurm.py's PATH_KEYS / PREFIXED_PATH_KEYS (an application: not importable from
-# here; tests/sweeps check that the lists agree): config values that are paths, made absolute.
-PATH_KEYS = ("dump_dir", "data.root_dir", "data.path", "data.val_path", "data.tokenizer.path",
-             "eval.data_dir", "eval.include_path", "logging.wandb.dir", "logging.tensorboard.log_dir")
-PREFIXED_PATH_KEYS = {"model.init_from": INIT_PREFIX}
 CPUS_PER_GPU = 4
 PACKAGE = Path(lmlab.__file__).resolve().parent
 _SUBMITTED = re.compile(r"Submitted batch job (\d+)")
@@ -132,28 +126,6 @@ def _device(cfg: RunConfig, gpus: int) -> tuple[RunConfig, int]:
                              "--gpus-per-trial G (G >= 1), or set device=cpu for CPU tasks.")
         return dataclasses.replace(cfg, device="cpu"), 0
     return cfg, 0 if cfg.device == "cpu" else gpus
-
-
-def absolute_paths(cfg: RunConfig) -> RunConfig:
-    for key in PATH_KEYS:
-        cfg = _absolute(cfg, key.split("."), "")
-    for key, prefix in PREFIXED_PATH_KEYS.items():
-        cfg = _absolute(cfg, key.split("."), prefix)
-    return cfg
-
-
-def _absolute(obj, keys: list[str], prefix: str):
-    value = getattr(obj, keys[0], None)
-    if value is None:
-        return obj
-    if len(keys) > 1:
-        return dataclasses.replace(obj, **{keys[0]: _absolute(value, keys[1:], prefix)})
-    if not isinstance(value, str) or not value.startswith(prefix):
-        return obj
-    path = value[len(prefix):]
-    if not path or os.path.isabs(path):
-        return obj
-    return dataclasses.replace(obj, **{keys[0]: prefix + os.path.abspath(path)})
 
 
 def render_array(name: str, jobs: list[SlurmJob], sweep_dir: Path, parallel: int) -> str:

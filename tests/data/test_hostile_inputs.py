@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, TINY_TRANSFORMER, make_jsonl_root, write_jsonl
+from helpers import CONFIGS, TINY_TRANSFORMER, make_jsonl_root
 from lmlab.cli import main
 from lmlab.data import prepare_inputs
 from lmlab.data.documents import _lines

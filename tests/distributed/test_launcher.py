@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, make_jsonl_root, run_lmlab
+from helpers import (CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, make_jsonl_root, processes_mentioning,
+                     run_lmlab)
 from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.reports.status import run_status
@@ -57,17 +58,6 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 90) -> None:
         assert proc.poll() is None, f"exited early ({proc.returncode})"
         time.sleep(0.05)
     raise AssertionError("timed out")
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 class Started:

@@ -25,7 +25,8 @@ import torch
 from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides
 from lmlab import rundir, slurm_jobs
 from lmlab.apps import slurm as slurm_app
-from lmlab.apps.slurm import PACKAGE, PATH_KEYS, PREFIXED_PATH_KEYS
+from lmlab.apps.slurm import PACKAGE
+from lmlab.config import PATH_KEYS, PREFIXED_PATH_KEYS, absolute_paths
 from lmlab.cli import build_parser, main
 from lmlab.config import describe_fields, load_config, load_config_collecting
 from lmlab.errors import LmlabError
@@ -338,7 +339,7 @@ def test_relative_paths_inside_values_are_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg, _ = load_config_collecting(CONFIGS / "debug.yaml", ["model.init_from=hf:exports/llama",
                                                              "data.root_dir=data", "dump_dir=runs/x"])
-    cfg = slurm_app._absolute_paths(cfg)
+    cfg = absolute_paths(cfg)
     assert cfg.model.init_from == f"hf:{tmp_path}/exports/llama"
     assert cfg.data.root_dir == str(tmp_path / "data") and cfg.dump_dir == str(tmp_path / "runs" / "x")
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, make_jsonl_root, make_wikitext_dir
+from helpers import (CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, make_jsonl_root, make_wikitext_dir,
+                     processes_mentioning)
 from lmlab.cli import main
 from lmlab.reports.status import run_status
 from lmlab.rundir import FINAL, METRICS_FILE, checkpoints_root, read_jsonl, step_checkpoints
@@ -198,17 +199,6 @@ def worker_pid(launcher: int, rank: int) -> int:
         if f"RANK={rank}".encode() in env and b"LOCAL_RANK" in b"".join(env):
             return pid
     raise AssertionError(f"no rank {rank} under {launcher}")
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -14,9 +14,7 @@ import yaml
 
 from helpers import CONFIGS
 from lmlab import rundir, sweepdir
-from lmlab.apps import slurm as slurm_app
 from lmlab.cli import main
-from lmlab.sweeps import slurm_array
 
 SPEC = """
 name: lr-width
@@ -78,11 +76,6 @@ def test_the_array_script_and_every_trial_script_pass_bash_n(array):
     done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert {r["name"] for r in sweepdir.read_trials(array)} == set(names)
-
-
-def test_path_keys_agree_with_lmlab_slurm():
-    assert slurm_array.PATH_KEYS == slurm_app.PATH_KEYS
-    assert slurm_array.PREFIXED_PATH_KEYS == slurm_app.PREFIXED_PATH_KEYS
 
 
 @pytest.mark.slow
