@@ -41,21 +41,27 @@ def test_a_bad_record_one_rank_meets_stops_both_ranks_at_one_checkpoint(tmp_path
     assert state["loader"]["bad_records"]["count"] == 1
 
 
-def test_prepared_shards_on_two_processes_stopped_and_resumed_train_what_one_process_trains(tmp_path):
-    """Each rank gathers only its rows of the prepared windows; stopped at step 3 and resumed on
-    two processes, the run ends bitwise where an uninterrupted 2-process run ends, and where one
-    process ends up to DDP's reduction order."""
+@pytest.mark.parametrize("source", ["prepared", "streaming"])
+def test_two_processes_stopped_and_resumed_train_what_an_uninterrupted_run_trains(tmp_path, source):
+    """Each rank reads only its rows (its windows of the prepared shards, or its reader's
+    documents of the jsonl); stopped at step 3 and resumed on two processes, the run ends bitwise
+    where an uninterrupted 2-process run ends, and where one process (two readers) ends up to
+    DDP's reduction order."""
     from safetensors.torch import load_file
     import torch
 
     from lmlab.cli import main
 
-    corpus = make_source(tmp_path / "src")
-    prepared = tmp_path / "prepared"
-    assert main(["data", "prepare", str(corpus), "--out", str(prepared), "--workers", "1", "--quiet"]) == 0
-    base = ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, "data.source=prepared",
-            f"data.path={prepared}", "data.seq_len=32", "data.batch_size=4", "steps=6",
-            "checkpoint.every=3", "logging.progress_bar=false"]
+    corpus = make_source(tmp_path / "root" / "src")
+    if source == "prepared":
+        prepared = tmp_path / "prepared"
+        assert main(["data", "prepare", str(corpus), "--out", str(prepared), "--workers", "1", "--quiet"]) == 0
+        data = ["data.source=prepared", f"data.path={prepared}"]
+    else:
+        data = [f"data.root_dir={corpus.parent}", "data.sources={src: 1}", "data.readers=2",
+                "data.shuffle_buffer=16"]
+    base = ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data, "data.seq_len=32",
+            "data.batch_size=4", "steps=6", "checkpoint.every=3", "logging.progress_bar=false"]
     assert main([*base, f"dump_dir={tmp_path / 'one'}"]) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     for run, extra in (("straight", []), ("two", ["training.stop_at=3"]), ("two", [])):
