@@ -24,7 +24,7 @@ from lmlab.data.pipeline import build_data
 from lmlab.data.prefetch import read_ahead, stop_reading
 from lmlab.errors import LmlabError
 from lmlab.evaluation.loading import LoadedRun
-from lmlab.evaluation.results import format_rows, write_results
+from lmlab.evaluation.results import checkpoint_results, format_rows, write_results
 from lmlab.evaluation.runner import run_evaluation
 from lmlab.preflight import load_and_check, preflight_warnings, show_warnings
 from lmlab.runlock import RunLock, mark_run_dir
@@ -290,7 +290,7 @@ class HarnessAtCheckpoints:
     def catch_up(self, resume: Resume, state: TrainState) -> None:
         """The previous attempt was killed after saving its newest checkpoint, before evaluating it."""
         if self.cfg.eval.due(resume.step, state.last_eval_step, False) and \
-                not (resume.checkpoint / rundir.EVAL_RESULTS_FILE).exists():
+                not checkpoint_results(resume.checkpoint, self.run_dir):
             self.evaluate(resume.step, resume.checkpoint, state)
 
     def evaluate(self, step: int, path: Path, state: TrainState) -> None:
