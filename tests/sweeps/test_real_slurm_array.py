@@ -16,7 +16,7 @@ import pytest
 
 from helpers import CONFIGS, REPO
 from lmlab import rundir, sweepdir
-from system.slurm_cluster import SlurmCluster, Unavailable
+from system.slurm_cluster import SlurmCluster, running_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(
     os.environ.get("LMLAB_REAL_SLURM") != "1", reason="a real SLURM cluster: set LMLAB_REAL_SLURM=1 (root)")]
@@ -35,18 +35,7 @@ DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMO
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    before = os.environ.get("SLURM_CONF")
-    try:
-        with SlurmCluster(tmp_path_factory.mktemp("slurm")) as running:
-            os.environ["SLURM_CONF"] = running.env["SLURM_CONF"]
-            yield running
-    except Unavailable as err:
-        pytest.skip(f"no real SLURM here: {err}")
-    finally:
-        if before is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = before
+    yield from running_cluster(tmp_path_factory.mktemp("slurm"))
 
 
 def tasks(cluster: SlurmCluster, array: str) -> dict[str, tuple[str, str]]:

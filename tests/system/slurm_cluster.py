@@ -282,3 +282,23 @@ def _serve(where: Path) -> None:
 
 if __name__ == "__main__":
     _serve(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/lmlab-slurm-cluster"))
+
+
+def running_cluster(base: Path):
+    """A started cluster under ``base``, with SLURM_CONF pointing at it while it runs (the
+    commands lmlab runs, squeue too, find it), restored after; skips the test where there is none.
+    The body of a module fixture: ``yield from running_cluster(tmp_path_factory.mktemp("slurm"))``."""
+    import pytest  # lazy: only the tests import this module
+
+    before = os.environ.get("SLURM_CONF")
+    try:
+        with SlurmCluster(base) as running:
+            os.environ["SLURM_CONF"] = running.env["SLURM_CONF"]
+            yield running
+    except Unavailable as err:
+        pytest.skip(f"no real SLURM here: {err}")
+    finally:
+        if before is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = before

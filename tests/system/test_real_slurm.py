@@ -29,7 +29,7 @@ from helpers import REPO
 from lmlab import rundir, slurm_jobs
 from lmlab.reports.status import run_status
 from lmlab.runlog import git_info
-from system.slurm_cluster import SlurmCluster, Unavailable
+from system.slurm_cluster import SlurmCluster, running_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(
     os.environ.get("LMLAB_REAL_SLURM") != "1", reason="a real SLURM cluster: set LMLAB_REAL_SLURM=1 (root)")]
@@ -41,18 +41,7 @@ SUBMITTED = re.compile(r"^submitted job (\d+):", re.MULTILINE)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    before = os.environ.get("SLURM_CONF")
-    try:
-        with SlurmCluster(tmp_path_factory.mktemp("slurm")) as running:
-            os.environ["SLURM_CONF"] = running.env["SLURM_CONF"]  # run_status here asks squeue too
-            yield running
-    except Unavailable as err:
-        pytest.skip(f"no real SLURM here: {err}")
-    finally:
-        if before is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = before
+    yield from running_cluster(tmp_path_factory.mktemp("slurm"))
 
 
 @pytest.fixture(scope="module")
