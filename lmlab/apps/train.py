@@ -48,8 +48,8 @@ INTERRUPTED_EXIT = 130  # a command stopped by Ctrl-C (128 + SIGINT), as shells 
 def run(args) -> int:
     if launcher.reporting():  # a worker of `--nproc`: its launcher says once how the job ended
         args.argv = launcher.launch_command() or args.argv  # the command the user typed, --nproc too
-        return launcher.report_exit(lambda: _run(args), "train")
-    return _run(args)
+        return distributed.exit_rank(launcher.report_exit(lambda: _run(args), "train"))
+    return distributed.exit_rank(_run(args))
 
 
 def _run(args) -> int:
