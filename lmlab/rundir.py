@@ -170,6 +170,14 @@ def is_lmlab_dir(path: str | Path) -> bool:
             or ((path / SUBMIT_FILE).is_file() and (path / CODE_DIR).is_dir()))
 
 
+def enclosing_run(path: str | Path) -> Path | None:
+    """The run (``is_lmlab_dir``) that is ``path`` or holds it, resolved; None outside every run.
+    Commands that write beside a run (export, ``eval --out``) never write there: a run's folders
+    are the run's, and its retention may delete them."""
+    target = Path(path).resolve()
+    return next((p for p in (target, *target.parents) if is_lmlab_dir(p)), None)
+
+
 def is_own_name(name: str) -> bool:
     """A file lmlab puts in a folder before (or while) it becomes a run: the lock, the marker and
     its temporary copy, a preflight's writability probe. A folder holding only these is empty."""

@@ -157,6 +157,19 @@ CASES = [
           "{tmp}/evals/metrics.eval.jsonl)"), code=0),
     Case("report_out_dir", lambda c: setup_report_read_only(c, "--out", str(c.tmp / "report")),
          ("wrote {tmp}/report/report.md",), code=0),
+    # ---- eval --out inside a run (another run, or this run's checkpoints): never written into
+    Case("eval_out_another_run", lambda c: ["eval", str(c.finished), "--quiet", "--out", str(c.run)],
+         ("--out {tmp}/resumable is the run {tmp}/resumable; eval --out never writes into a run",
+          "Fix: leave out --out to write the results into {finished}, or pick a folder outside every run")),
+    Case("eval_out_in_checkpoints", lambda c: ["eval", str(c.finished), "--quiet", "--out",
+                                               str(c.finished / "checkpoints" / "evals")],
+         ("--out {finished}/checkpoints/evals is inside the run {finished}",)),
+    # ---- eval overrides that a checkpoint fixes (the model, its tokenizer, training settings)
+    Case("eval_model_override", lambda c: ["eval", str(c.finished), "model.dim=8", "optim.lr=0.1",
+                                           "data.tokenizer.name=bytes", "--quiet"],
+         ("configuration has 3 problems", "model.dim: does not apply to evaluation",
+          "optim.lr: does not apply", "data.tokenizer.name: does not apply",
+          "fix: drop it; eval takes eval.*, report.*, data.* (validation data), device, precision")),
     # ---- a prompt and --max-tokens beyond the context: BOS + the prompt's end kept, said once
     Case("generate_beyond_the_context", setup_generate, (CUT,), code=0),
 ]

@@ -33,7 +33,8 @@ from lmlab.evaluation.runner import run_evaluation
 from lmlab.evaluation.samples import greedy_samples, write_samples
 from lmlab.preflight import device_problems
 from lmlab.reports.config import check as check_report
-from lmlab.rundir import EVAL_METRICS_FILE, EVAL_RESULTS_FILE, MODEL_FILE, read_json, resolve_checkpoint
+from lmlab.rundir import (EVAL_METRICS_FILE, EVAL_RESULTS_FILE, MODEL_FILE, enclosing_run, read_json,
+                          resolve_checkpoint)
 from lmlab.runlog import EventLog
 
 
@@ -43,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint_dir, run_dir = resolve_checkpoint(args.run)
     cfg = _checked_config(saved_config_file(checkpoint_dir, run_dir), args.overrides)
     out = getattr(args, "out", None)
+    if out:
+        _refuse_run_out(Path(out), run_dir)
     metrics_dir = Path(out) if out else run_dir
     _check_writable(args.run, [Path(out) if out else results_dir(checkpoint_dir, run_dir, None),
                                metrics_dir])  # before the (long) work
@@ -117,10 +120,40 @@ def _write(rows: list[dict], loaded: LoadedRun, out: Path | None, metrics_dir: P
             f"lmlab eval {run} --out DIR") from None
 
 
+def _refuse_run_out(out: Path, run_dir: Path) -> None:
+    """``--out`` inside a run (another one, or this one's checkpoints) would mix this evaluation
+    into that run's metrics, or into a folder its retention deletes."""
+    run = enclosing_run(out)
+    if run is not None:
+        raise LmlabError(f"--out {out} is {'the run' if run == out.resolve() else 'inside the run'} "
+                         f"{run}; eval --out never writes into a run (its metrics would mix with "
+                         f"these). Fix: leave out --out to write the results into {run_dir}, or "
+                         "pick a folder outside every run.")
+
+
+# What a checkpoint fixes: the model and its tokenizer are the checkpoint's, the training settings
+# are history. An override of these would be ignored or break loading: refused, with the keys that apply.
+_NOT_FOR_EVAL = ("model", "data.tokenizer", "optim", "training", "checkpoint", "logging",
+                 "distributed", "steps", "epochs", "dump_dir", "name")
+
+
+def _override_problems(overrides: list[str]) -> list[Problem]:
+    problems = []
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if any(key == k or key.startswith(k + ".") for k in _NOT_FOR_EVAL):
+            problems.append(Problem(key, "does not apply to evaluation: the model and tokenizer are the "
+                                    "checkpoint's, and the training settings are the run's history.",
+                                    "drop it; eval takes eval.*, report.*, data.* (validation data), "
+                                    "device, precision, compile and seed"))
+    return problems
+
+
 def _checked_config(config_file: Path, overrides: list[str]) -> RunConfig:
     """The run's saved config with ``overrides``, preflighted for what evaluation needs: every
     problem is reported at once, before the model is loaded."""
     cfg, problems = load_config_collecting(config_file, overrides)
+    problems += _override_problems(overrides)
     problems += check(cfg.eval) + check_report(cfg.report) + device_problems(cfg)
     if cfg.eval.validation.enabled:
         problems += sources.check(cfg.data, True)

@@ -105,7 +105,7 @@ def _refuse_run_paths(out: Path, target: Path, checkpoint: Path, run_dir: Path) 
             raise LmlabError(f"--out {out} is {'' if target == source else 'a folder holding '}"
                              f"{source}, the {what} being exported. Fix: pick another --out outside "
                              f"the run, e.g. {other}.")
-    run = next((p for p in (target, *target.parents) if rundir.is_lmlab_dir(p)), None)
+    run = rundir.enclosing_run(target)
     if run is not None:
         raise LmlabError(f"--out {out} is {'the run' if run == target else 'inside the run'} {run}; "
                          "export never writes into a run. Fix: pick another --out outside every "

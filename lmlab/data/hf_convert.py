@@ -31,7 +31,7 @@ def sentencepiece_to_hf(model: bytes) -> hf.Tokenizer:
         from sentencepiece import sentencepiece_model_pb2  # lazy: the optional extra, and protobuf
     except ImportError:
         raise LmlabError("exporting a sentencepiece tokenizer reads its model with protobuf, which is "
-                         "not installed. Fix: pip install protobuf.") from None
+                         "not installed. Fix: pip install protobuf (or pip install 'lmlab[tokenizers]', which brings it).") from None
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model)
     spec, norm = proto.trainer_spec, proto.normalizer_spec

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -366,6 +367,24 @@ def test_a_run_trains_evaluates_generates_and_exports_with_the_file(files, kind,
                                                                                       tok.eos_id)
     for text in SAMPLES:
         assert fast(text).input_ids == [tok.bos_id, *tok.encode(text)], text
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_exporting_a_sentencepiece_run_without_protobuf_exits_2_and_writes_nothing(files, jsonl_root, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """SentencePiece's model is read with protobuf, which only the [tokenizers] extra brings."""
+    run, out = tmp_path / "run", tmp_path / "hf"
+    assert main(train_argv(jsonl_root, run, "sentencepiece", files["sentencepiece"])) == 0
+    before = sorted(p for p in run.rglob("*"))
+    sentencepiece = pytest.importorskip("sentencepiece")
+    monkeypatch.setitem(sys.modules, "sentencepiece.sentencepiece_model_pb2", None)  # as without protobuf
+    monkeypatch.delattr(sentencepiece, "sentencepiece_model_pb2", raising=False)
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "reads its model with protobuf, which is not installed" in err and "pip install protobuf" in err
+    assert "Traceback" not in err and err.count("error:") == 1
+    assert not out.exists() and sorted(p for p in run.rglob("*")) == before
 
 
 def test_bad_tokenizer_files_stop_lmlab_train_with_exit_2(files, jsonl_root, tmp_path, capsys):
