@@ -115,7 +115,20 @@ def load_config_collecting(path, overrides: list[str] = ()) -> tuple[RunConfig, 
     raw = _read_yaml(Path(path), problems) if path else {}
     for item in overrides:
         _apply_override(raw, item, problems)
-    return _build(RunConfig, raw, "", problems), problems
+    cfg = _build(RunConfig, raw, "", problems)
+    return cfg, problems + _ignored_steps(cfg, overrides)
+
+
+def _ignored_steps(cfg: RunConfig, overrides: list[str]) -> list[Problem]:
+    """``steps=N`` on the command line of an epoch-mode config (``epochs`` > 0) would be ignored
+    silently: the run would train for its epochs instead. (A saved config.yaml holds both keys,
+    so only an override says the user asked for steps.)"""
+    asked = [item.partition("=")[2].strip() for item in overrides if item.partition("=")[0].strip() == "steps"]
+    if not asked or not isinstance(cfg.epochs, int) or cfg.epochs <= 0:
+        return []
+    return [Problem("steps", f"steps={asked[-1]} has no effect: epochs={cfg.epochs} sets the run's "
+                    "length (epoch mode, with early stopping).",
+                    f"add epochs=0 to train {asked[-1]} steps, or drop steps=")]
 
 
 def _read_yaml(path: Path, problems: list[Problem]) -> dict:

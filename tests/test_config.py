@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from lmlab.config import RunConfig, describe_fields, dump_config, load_config
+from lmlab.config import RunConfig, describe_fields, dump_config, load_config, load_config_collecting
 from lmlab.errors import ConfigError
 
 
@@ -77,3 +77,16 @@ def test_every_field_is_documented():
     assert len(rows) > 30
     undocumented = [key for key, _, help_text in rows if not help_text]
     assert undocumented == []
+
+
+def test_steps_on_the_command_line_of_an_epoch_config_is_refused_not_ignored(tmp_path):
+    """epochs > 0 decides the run's length: steps=N given with it would be dropped silently."""
+    config = tmp_path / "epochs.yaml"
+    config.write_text("epochs: 5\n")
+    _, problems = load_config_collecting(config, ["steps=2"])
+    assert [(p.key, p.fix) for p in problems] == [("steps", "add epochs=0 to train 2 steps, or drop steps=")]
+    assert "epochs=5 sets the run's length" in problems[0].message
+    assert load_config_collecting(config, ["steps=2", "epochs=0"])[1] == []
+    saved = tmp_path / "saved.yaml"  # a run's config.yaml holds both keys: not the user's request
+    dump_config(load_config(config), saved)
+    assert load_config_collecting(saved, [])[1] == []

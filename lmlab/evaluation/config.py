@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lmlab.data.hub import unavailable_reason
 from lmlab.errors import Problem, did_you_mean
 from lmlab.evaluation import catalog
@@ -109,6 +111,8 @@ def check(cfg: EvalConfig, prefix: str = "eval") -> list[Problem]:
         problems.append(Problem(f"{prefix}.tasks", f"unknown task {name!r}.{hint}",
                                 f"use lmlab's offline {list(KNOWN_TASKS)}, a task, group or tag of lm-eval "
                                 f"(`lm-eval ls tasks`), or a local task YAML in {prefix}.include_path"))
+    if unknown and cfg.include_path:
+        problems += _unreadable_task_files(cfg.include_path, prefix)
     names = [n for n in names if n not in unknown]
     offline = [n for n in names if n in KNOWN_TASKS and not _local_override(n, cfg.include_path)]
     if cfg.data_dir:
@@ -116,6 +120,30 @@ def check(cfg: EvalConfig, prefix: str = "eval") -> list[Problem]:
     elif offline:
         problems += _check_hub(offline, prefix)
     return problems + _check_other_data([n for n in names if n not in offline], cfg.include_path, prefix)
+
+
+class _TaskYamlLoader(yaml.SafeLoader):
+    """YAML as lm-eval's task files write it: its tags (``!function utils.x``) read as plain values."""
+
+
+_TaskYamlLoader.add_multi_constructor("!", lambda loader, _suffix, node: None)
+
+
+def _unreadable_task_files(include_path: str, prefix: str) -> list[Problem]:
+    """The task files of ``include_path`` that are not YAML: lm-eval skips them without a word, so
+    a task they define is just "unknown"."""
+    problems = []
+    for path in sorted(Path(include_path).rglob("*.y*ml")):
+        try:
+            yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskYamlLoader)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            reason = getattr(err, "problem", None) or getattr(err, "strerror", None) or err
+            problems.append(Problem(f"{prefix}.include_path", f"{path} is not a readable task YAML{where}: "
+                                    f"{reason}; lm-eval skips it, so the tasks it defines are unknown.",
+                                    f"fix the YAML in {path.name}"))
+    return problems
 
 
 def _local_override(name: str, include_path: str) -> bool:

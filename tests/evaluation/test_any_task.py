@@ -188,6 +188,19 @@ def test_eval_refuses_a_bad_entry_before_loading(tiny_run, tmp_path, capsys):
     assert problem.key == "eval.tasks[0].batch_size"
 
 
+def test_a_task_file_that_is_not_yaml_is_named_with_its_line(tmp_path):
+    """lm-eval skips a task YAML it cannot parse without a word: the task is then "unknown", and
+    the check says which file is broken and where; lm-eval's own tags (!function) are YAML."""
+    folder = write_tasks(tmp_path / "tasks")
+    (folder / "broken.yaml").write_text("task: broken\n dataset_path: [\n")
+    (folder / "tagged.yaml").write_text("task: tagged\nprocess_docs: !function utils.process_docs\n")
+    problems = check(EvalConfig(tasks=["broken"], include_path=str(folder)))
+    assert [p.key for p in problems] == ["eval.tasks", "eval.include_path"]
+    assert f"{folder / 'broken.yaml'} is not a readable task YAML at line 2, column 14" in problems[1].message
+    assert problems[1].fix == "fix the YAML in broken.yaml"
+    assert check(EvalConfig(tasks=["colours4"], include_path=str(folder))) == []  # only when a task is unknown
+
+
 def test_a_local_group_gives_its_aggregate_and_member_rows(tiny_run, tmp_path, load):
     folder = write_tasks(tmp_path / "tasks")
     cfg = EvalConfig(tasks=[{"task": "colour_suite", "limit": 4}], include_path=str(folder))
