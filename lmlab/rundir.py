@@ -112,6 +112,19 @@ def read_train_state(path: Path) -> dict:
                          "that checkpoint directory to resume from the previous one.") from None
 
 
+def fix_for_damaged_checkpoint(checkpoint_dir: Path) -> str:
+    """How to go on without a damaged checkpoint (its weights or optimizer state unreadable):
+    delete it and resume from the one before."""
+    if is_step_name(checkpoint_dir.name):
+        earlier = [p for p in step_checkpoints(checkpoint_dir.parent.parent)
+                   if int(p.name) < int(checkpoint_dir.name)]
+        then = (f"resume from checkpoint {earlier[-1].name}" if earlier else
+                "start the run over (there is no earlier checkpoint)")
+        return (f"delete {checkpoint_dir} and run the same command again to {then}; or pass another "
+                "checkpoint to lmlab eval / generate.")
+    return f"pass another checkpoint of the run (a checkpoints/<step> directory) instead of {checkpoint_dir}."
+
+
 def newest_train_state(run_dir: str | Path) -> dict:
     """Train state of the newest step checkpoint, else of ``final/`` ({} if none is readable).
 

@@ -367,7 +367,7 @@ def redact_argv(argv: list[str]) -> list[str]:
 
 def write_provenance(run_dir: str | Path, argv: list[str], machine: dict, **facts: Any) -> dict:
     """Write ``provenance.json`` for this invocation: time, command, git, versions, ``machine``
-    (``training.runtime.device_info``) and ``facts`` (model size, resumed step, ...). The
+    (``runtime.device_info``) and ``facts`` (model size, resumed step, ...). The
     provenance of earlier invocations is kept under ``earlier_invocations``: a resume must not
     erase how a run began. In a SLURM job, ``slurm``: its id and restart count. Returns what was
     written."""

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                          **({"out": str(out)} if out else {}))
     with phase:
         rows = run_evaluation(loaded, cfg.eval, validation=cfg.eval.validation.enabled,
-                              progress=not args.quiet)
+                              progress=not args.quiet, checked=True)
         # shown before the file is written: a failing write must not lose what took long to compute
         print(format_rows(rows), flush=True)
         target = _write(rows, loaded, Path(out) if out else None, metrics_dir, args.run)

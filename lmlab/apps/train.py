@@ -23,12 +23,11 @@ from lmlab.config import config_to_dict, dump_config, finalize_config
 from lmlab.data.pipeline import build_data
 from lmlab.data.prefetch import read_ahead, stop_reading
 from lmlab.errors import LmlabError
-from lmlab.evaluation.loading import LoadedRun
-from lmlab.evaluation.results import checkpoint_results, format_rows, write_results
-from lmlab.evaluation.runner import run_evaluation
+from lmlab.evaluation.at_checkpoints import HarnessAtCheckpoints
 from lmlab.preflight import load_and_check, preflight_warnings, show_warnings
 from lmlab.runlock import RunLock, mark_run_dir
-from lmlab.runlog import EventLog, exception_location, redact_text, write_provenance
+from lmlab.runlog import EventLog, write_provenance
+from lmlab.runtime import Runtime, device_info, resolve_runtime
 from lmlab.training import distributed, launcher
 from lmlab.training.build import TrainingParts, build_parts, compile_now
 from lmlab.training.console import Console
@@ -36,7 +35,6 @@ from lmlab.training.distributed import SINGLE, Dist
 from lmlab.training.loop import Trainer
 from lmlab.training.metrics import truncate_metrics
 from lmlab.training.resume import Resume, find_resume, publish_interrupted, restore
-from lmlab.training.runtime import Runtime, device_info, resolve_runtime
 from lmlab.training.signals import PreemptionSignals
 from lmlab.training.slurm_script import RESUME_COMMAND_ENV
 from lmlab.training.sinks import NullSink, build_sinks
@@ -176,19 +174,31 @@ def train(cfg, argv: list[str], events: EventLog, d: Dist = SINGLE) -> dict:
             compile_now(parts, -(-micro // d.world_size), cfg.data.seq_len, runtime)  # rank 0's rows
             console.line(f"compiled the model (torch.compile) in {time.perf_counter() - started:.1f} s")
     _write_run_files(cfg, argv, runtime, parts, resume, d)  # after build: a refused resume changes nothing
-    harness = HarnessAtCheckpoints(cfg, parts.model, data.tokenizer, console, events)
+    harness = HarnessAtCheckpoints(cfg, parts.model, data.tokenizer, console.line, events)
     if resume and d.is_main:
-        harness.catch_up(resume, state)
+        _record(state, harness.catch_up(resume.step, resume.checkpoint, state.last_eval_step))
+
+    def on_checkpoint(step: int, path: Path, finished: bool, state: TrainState) -> None:
+        _record(state, harness.after_save(step, path, finished, state.last_eval_step))
+
     trainer = Trainer(cfg, data, parts, runtime, state, sink, console, events,
                       resume_command=_resume_command(argv), d=d,
-                      on_checkpoint=harness if harness.enabled else None)
+                      on_checkpoint=on_checkpoint if harness.enabled else None)
     try:
         summary = trainer.run()
     finally:
         sink.close()  # also on a crash: TensorBoard buffers its last scalars
         stop_reading(data.train)
     _bad_records_summary(data.bad_records, console, events)
-    return {**summary, "failed_evals": harness.report_failures(state)}
+    harness.report_failures(state.failed_evals)
+    return {**summary, "failed_evals": state.failed_evals}
+
+
+def _record(state: TrainState, outcome) -> None:
+    if outcome is not None:
+        state.last_eval_step = outcome.step
+        if outcome.failure:
+            state.failed_evals.append(outcome.failure)
 
 
 def _warn(warnings: list, events: EventLog, d: Dist) -> None:
@@ -269,56 +279,3 @@ def _write_run_files(cfg, argv: list[str], runtime: Runtime, parts: TrainingPart
                              "strategy": cfg.distributed.strategy if d.enabled else None,
                              "hostnames": sorted(set(hosts))}}
     write_provenance(run_dir, argv, device_info(runtime.device), **facts)
-
-
-class HarnessAtCheckpoints:
-    """``eval.every``: the lm-eval tasks on the checkpoint just saved, at the first checkpoint at or
-    after each multiple of ``every`` and at the last one. A failure is recorded (events.jsonl,
-    errors/, the train state's ``failed_evals``) and training goes on: an evaluation must never
-    cost the run."""
-
-    def __init__(self, cfg, model, tokenizer, console: Console, events: EventLog):
-        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        self.console, self.events = console, events
-        self.run_dir = Path(cfg.dump_dir)
-        self.enabled = bool(cfg.eval.every and cfg.eval.tasks)
-
-    def __call__(self, step: int, path: Path, finished: bool, state: TrainState) -> None:
-        if self.cfg.eval.due(step, state.last_eval_step, finished):
-            self.evaluate(step, path, state)
-
-    def catch_up(self, resume: Resume, state: TrainState) -> None:
-        """The previous attempt was killed after saving its newest checkpoint, before evaluating it."""
-        if self.cfg.eval.due(resume.step, state.last_eval_step, False) and \
-                not checkpoint_results(resume.checkpoint, self.run_dir):
-            self.evaluate(resume.step, resume.checkpoint, state)
-
-    def evaluate(self, step: int, path: Path, state: TrainState) -> None:
-        state.last_eval_step = step
-        loaded = LoadedRun(self.model, self.tokenizer, self.cfg, path, self.run_dir, step)
-        try:
-            with self.events.phase("eval", step=step, tasks=list(self.cfg.eval.tasks)):
-                # validation is logged by the loop itself; here only the harness tasks
-                rows = run_evaluation(loaded, self.cfg.eval, validation=False, progress=False)
-                write_results(rows, path, self.run_dir, step)
-        except Exception as err:  # noqa: BLE001 -- by design: any evaluation error is survivable
-            self._record_failure(step, err, state)
-            return
-        self.console.line(f"evaluation at step {step}:\n{format_rows(rows)}")
-
-    def report_failures(self, state: TrainState) -> list[dict]:
-        """The evaluations that failed during the run (said once at the end, as the last line)."""
-        failed = state.failed_evals
-        if failed:
-            self.console.line(f"{len(failed)} evaluation(s) failed, at step(s) "
-                              f"{', '.join(str(f['step']) for f in failed)}; see events.jsonl and errors/")
-        return failed
-
-    def _record_failure(self, step: int, err: Exception, state: TrainState) -> None:
-        where, _ = exception_location(err)
-        failure = {"step": step, "phase": "eval", "exception": type(err).__name__,
-                   "message": redact_text(str(err)), "where": where}
-        state.failed_evals.append(failure)
-        self.console.line(f"evaluation at step {step} failed ({failure['exception']}: "
-                          f"{failure['message']} at {where}); training continues. Details: "
-                          f"{self.run_dir / rundir.EVENTS_FILE}")

@@ -109,7 +109,7 @@ def build_data(cfg, run_dir: Path, on_record: OnRecord | None = None, rank: int 
                                     readers=data.readers, rank=rank, world_size=world_size,
                                     micro_batches=cfg.training.grad_accum)
         total = cfg.steps
-    val = build_validation(cfg, tokenizer, bad)
+    val = build_validation(cfg.data, cfg.eval.validation.max_steps, tokenizer, bad)
     if cfg.eval.validation.enabled:
         val.batches()  # tokenized now rather than at the first validation: zero windows are refused here
         found += val.yields
@@ -129,17 +129,18 @@ def _split_file(data, split: str) -> Path | None:
     return wikitext.local_split_file(data.path, split) if data.path else None
 
 
-def build_validation(cfg, tokenizer: Tokenizer, bad: BadRecords | None = None) -> ValidationData:
-    """Validation batches of run config ``cfg`` encoded with ``tokenizer``; reads validation text only.
+def build_validation(data: sources.DataConfig, max_steps: int, tokenizer: Tokenizer,
+                     bad: BadRecords | None = None) -> ValidationData:
+    """Validation batches of the run's ``data`` settings encoded with ``tokenizer``; reads
+    validation text only.
 
     Nothing is read until the first call of ``batches()``; the tokenized windows are then kept and
-    reused at every validation. ``eval.validation.max_steps`` caps the batches (0: all of them).
+    reused at every validation. ``max_steps`` (``eval.validation.max_steps``) caps the batches (0:
+    all of them).
     That first call raises when the validation data yields no window (naming its files), or when
     its bad records go over ``data.max_bad_records`` (``bad``: the run's, else a new count).
     """
-    data = cfg.data
-    budget = cfg.eval.validation.max_steps
-    limit = budget * data.batch_size if budget else None
+    limit = max_steps * data.batch_size if max_steps else None
     cache: list[torch.Tensor] = []
     found: list[yields.Yield] = []
     bad = bad if bad is not None else BadRecords(sources.bad_record_budget(data), warn)

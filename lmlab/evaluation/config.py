@@ -14,8 +14,8 @@ from lmlab.data.hub import unavailable_reason
 from lmlab.errors import Problem, did_you_mean
 from lmlab.evaluation import catalog
 from lmlab.evaluation.tasks import KNOWN_TASKS, missing_files
-from lmlab.training.validation import ValidationConfig
-from lmlab.training.validation import check as check_validation
+from lmlab.evaluation.validation import ValidationConfig
+from lmlab.evaluation.validation import check as check_validation
 
 
 @dataclass

@@ -76,14 +76,14 @@ class LmlabLM(LM):
 
     # ----------------------------------------------------------------- lm-eval API
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        results = self.score_sequences(self.encode_pairs(requests), "loglikelihood", disable_tqdm)
+        results = self.scorer.score(self.encode_pairs(requests), "loglikelihood", disable_tqdm)
         for req, res in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", req.args, res)
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         seqs = [([self.tokenizer.bos_id] + self.tokenizer.encode(req.args[0]), 1) for req in requests]
-        results = [lp for lp, _ in self.score_sequences(seqs, "loglikelihood_rolling", disable_tqdm)]
+        results = [lp for lp, _ in self.scorer.score(seqs, "loglikelihood_rolling", disable_tqdm)]
         for req, res in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, res)
         return results
@@ -149,11 +149,6 @@ class LmlabLM(LM):
             ctx = [self.tokenizer.bos_id] + self.tokenizer.encode(context)
             seqs.append((ctx + self.tokenizer.encode(continuation), len(ctx)))
         return seqs
-
-    def score_sequences(self, seqs: list[tuple[list[int], int]], desc: str = "score",
-                        disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """(sum of log-probs of ``seq[start:]``, all of them greedy) for each (seq, start)."""
-        return self.scorer.score(seqs, desc, disable_tqdm)
 
 
 # --------------------------------------------------------------------------- tasks

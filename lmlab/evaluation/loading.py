@@ -2,7 +2,7 @@
 
 The caller resolves the checkpoint (``rundir.resolve_checkpoint``) and loads the run's config
 (``saved_config_file`` says where it is): the config layer sits above evaluation, so the apps load
-it. The model is rebuilt from the resolved model config stored in the checkpoint's
+it and pass it in, and evaluation names what it reads of it (``RunSettings``). The model is rebuilt from the resolved model config stored in the checkpoint's
 ``train_state.json`` (vocab_size and max_seq_len already filled in), so evaluation never depends on
 re-deriving sizes from the data; older checkpoints without that entry fall back to the run's
 config resolved with the saved tokenizer.
@@ -21,30 +21,40 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import torch
 
+from lmlab.data.sources import DataConfig
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer
 from lmlab.errors import LmlabError
+from lmlab.evaluation.config import EvalConfig
 from lmlab.models.registry import MODELS, build_model, model_config_class, resolve_model_config
+from lmlab.models.weights import load_model_weights
 from lmlab.rundir import (CONFIG_FILE, MODEL_FILE, STATE_FILE, TOKENIZER_FILE, is_step_name,
                           resolve_checkpoint)
-from lmlab.training.checkpoint import load_model_weights
-from lmlab.training.runtime import resolve_device
+from lmlab.runtime import resolve_device
 
-# The run's config arrives as an argument (``lmlab.config.RunConfig``, loaded by the application):
-# evaluation sits below config in the layers and never imports it.
-RunConfig = Any
+
+class RunSettings(Protocol):
+    """The sections of a run's config that evaluation reads, each typed by the layer that owns it.
+    ``lmlab.config.RunConfig`` has them all: the application loads it (the config layer sits above
+    evaluation) and passes it in."""
+
+    dump_dir: str  # the run directory
+    precision: str  # auto | fp32 | bf16 | fp16: the harness tasks' autocast (``scoring.eval_autocast``)
+    model: Any  # a model family's config dataclass (``models.registry.MODELS``)
+    data: DataConfig  # the tokenizer settings and the validation text
+    eval: EvalConfig
 
 
 @dataclass
 class LoadedRun:
     """A model ready for evaluation (eval mode, no grad needed) and everything it came with."""
 
-    model: Any  # a LanguageModel (nn.Module)
+    model: torch.nn.Module  # a LanguageModel
     tokenizer: Tokenizer
-    config: RunConfig
+    config: RunSettings
     checkpoint_dir: Path
     run_dir: Path
     step: int | None = None
@@ -66,7 +76,7 @@ def saved_config_file(checkpoint_dir: Path, run_dir: Path) -> Path:
     return config_file
 
 
-def load_for_eval(checkpoint_dir: Path, run_dir: Path, cfg: RunConfig,
+def load_for_eval(checkpoint_dir: Path, run_dir: Path, cfg: RunSettings,
                   device: str | torch.device = "cpu", *, newest_if_gone: bool = False) -> LoadedRun:
     """Model (eval mode, on ``device``; ``auto`` allowed) and tokenizer of ``checkpoint_dir``, a
     checkpoint of ``run_dir``, whose saved config (with any overrides) is ``cfg``.
@@ -221,7 +231,7 @@ def _load_held_weights(model, held: HeldCheckpoint) -> None:
     load_model_weights(model, held.readable_path(MODEL_FILE))
 
 
-def _check_tokenizer_fits(tokenizer: Tokenizer, tok_file: Path, cfg: RunConfig, model_cfg: Any,
+def _check_tokenizer_fits(tokenizer: Tokenizer, tok_file: Path, cfg: RunSettings, model_cfg: Any,
                           ckpt: Path) -> None:
     """The run's tokenizer.json must be the one the checkpoint was trained with: same kind as the
     run's config says, and no id beyond the model's embedding table."""
@@ -236,7 +246,7 @@ def _check_tokenizer_fits(tokenizer: Tokenizer, tok_file: Path, cfg: RunConfig, 
             "of the run this tokenizer belongs to.")
 
 
-def _model_config(saved: dict | None, cfg: RunConfig, tokenizer: Tokenizer, ckpt: Path) -> Any:
+def _model_config(saved: dict | None, cfg: RunSettings, tokenizer: Tokenizer, ckpt: Path) -> Any:
     """The model's dataclass from train_state.json's "model" dict, else from the run config."""
     if saved is None:
         # Checkpoints written before the resolved model config was stored: re-derive the two

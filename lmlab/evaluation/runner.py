@@ -9,6 +9,10 @@ checkpoint) and appends them to the run's eval metrics; the ``lmlab eval`` comma
 Evaluation leaves every global RNG (python, numpy, torch) as it found it, so evaluating during
 training does not change the training run's data order or dropout; few-shot sampling and text
 sampling use their own seeded generators.
+
+The settings are checked once per command: ``lmlab eval`` checks them with the rest of the config
+before the model is loaded and says so (``checked``); any other caller has them checked here, first
+(an evaluation during training runs long after preflight, and its task files may be gone by then).
 """
 from __future__ import annotations
 
@@ -24,16 +28,17 @@ from lmlab.evaluation.harness import LmlabLM, task_specs
 from lmlab.evaluation.loading import LoadedRun
 from lmlab.evaluation.results import json_number
 from lmlab.evaluation.tasks import FEWSHOT_SOURCE
-from lmlab.training.checkpoint import rng_state, set_rng_state
-from lmlab.training.validation import evaluate
+from lmlab.evaluation.validation import validation_metrics
+from lmlab.rng import rng_state, set_rng_state
 
 FEWSHOT_SEED = 1234  # lm-eval's default few-shot seed: the same examples as a stock lm-eval run
 
 
 def run_evaluation(loaded: LoadedRun, eval_cfg: EvalConfig, validation: bool = True,
-                   progress: bool = True) -> list[dict]:
-    """Validation metrics (when ``validation``) then every task of ``eval_cfg``, as rows."""
-    problems = check(eval_cfg)
+                   progress: bool = True, checked: bool = False) -> list[dict]:
+    """Validation metrics (when ``validation``) then every task of ``eval_cfg``, as rows.
+    ``checked``: the caller has checked ``eval_cfg`` already (see the module docstring)."""
+    problems = [] if checked else check(eval_cfg)
     if problems:
         raise ConfigError(problems, source="harness settings")
     saved = rng_state()
@@ -50,9 +55,11 @@ def validation_rows(loaded: LoadedRun, progress: bool = True) -> list[dict]:
     """loss / ppl / bpb / acc on the run's own validation data (``eval.validation.max_steps`` applies),
     encoded with the run's saved tokenizer: no training text is read or tokenized."""
     start = time.perf_counter()
-    data = build_validation(loaded.config, loaded.tokenizer)
+    cfg = loaded.config
+    data = build_validation(cfg.data, cfg.eval.validation.max_steps, loaded.tokenizer)
     batches = tqdm(data.batches(), desc="validation", unit="batch", disable=not progress)
-    metrics = evaluate(loaded.model, batches, data.byte_lengths, loaded.device, pad_id=data.pad_id)
+    metrics = validation_metrics(loaded.model, batches, data.byte_lengths, loaded.device,
+                                 pad_id=data.pad_id)
     seconds = time.perf_counter() - start
     n = metrics.pop("val/tokens", None)
     return [{"task": "validation", "metric": key.split("/", 1)[1], "value": value, "stderr": None,
@@ -68,7 +75,7 @@ def task_rows(loaded: LoadedRun, cfg: EvalConfig, task: TaskSetting | str,
     if isinstance(task, str):
         task = TaskSetting(task, cfg.num_fewshot, cfg.limit, cfg.batch_size)
     lm = LmlabLM(loaded.model, loaded.tokenizer, task.batch_size, cfg.max_gen_toks, progress,
-                 max_batch_tokens=cfg.max_batch_tokens, precision=getattr(loaded.config, "precision", "auto"))
+                 max_batch_tokens=cfg.max_batch_tokens, precision=loaded.config.precision)
     tasks, manager, offline = task_specs(cfg, [task.task])
     start = time.perf_counter()
     with _without_environment_dump():

@@ -133,6 +133,7 @@ class SequenceScorer:
         self.autocast = autocast or eval_autocast(self.device)
 
     def score(self, seqs: Seqs, desc: str = "score", disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """(sum of log-probs of ``seq[start:]``, all of them greedy) for each (seq, start)."""
         limit, share = self.model.max_seq_len, hasattr(self.model, "select_state")
         groups: dict[tuple[int, ...], list[int]] = {}
         windows: list[tuple[int, list[int], list[int]]] = []  # (request, inputs, targets)

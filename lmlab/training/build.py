@@ -10,13 +10,14 @@ import torch
 
 from lmlab.models import hf_llama
 from lmlab.models.registry import build_model, model_size, resolve_model_config
+from lmlab.models.weights import load_model_weights
+from lmlab.rng import seed_everything
+from lmlab.runtime import Runtime
 from lmlab.training import checkpoint as ckpt
 from lmlab.training import distributed, graphs
 from lmlab.training.distributed import Dist
 from lmlab.training.metrics import peak_flops
 from lmlab.training.optim import build_optimizer
-from lmlab.training.runtime import Runtime
-from lmlab.training.step import seed_everything
 
 
 @dataclass
@@ -42,7 +43,7 @@ def build_parts(cfg, vocab_size: int, runtime: Runtime, d: Dist, checkpoint: Pat
     model = build_model(model_cfg).to(runtime.device)
     size = model_size(model, model_cfg, cfg.data.seq_len, cfg.data.batch_size)
     if checkpoint:
-        ckpt.load_model_weights(model, checkpoint)
+        load_model_weights(model, checkpoint)
     elif hf_llama.init_dir(cfg.model):  # model.init_from=hf:DIR, shapes checked by preflight
         model.load_state_dict(hf_llama.load_state(hf_llama.init_dir(cfg.model), model))
     wrapped = distributed.wrap(model, cfg.distributed.strategy, d)

@@ -1,4 +1,5 @@
-"""Checkpoints that are never half-written, and exact restore of everything a run depends on.
+"""Checkpoints that are never half-written: saving, publishing (best/final), pruning, cleaning up
+after a kill, and loading the optimizer state back.
 
 Layout: ``<dump_dir>/checkpoints/<step as 10 digits>/`` with ``model.safetensors`` (the consolidated
 weights eval and generation read), ``optimizer.pt`` (loaded with ``weights_only=True``) and
@@ -8,29 +9,28 @@ A checkpoint is written into a temporary directory, fsynced, then renamed into p
 with a 10-digit name is always complete. Leftover temporary directories from a killed save are
 removed on the next start; a save that fails (a full disk, in whichever words the writer says it)
 removes its own and names the last good checkpoint. A tied tensor is stored once, under the same
-name on one process and on several (``save_model``).
+name on one process and on several (``models.weights.save_model``, which also reads the weights
+back); the RNG states a checkpoint holds are ``lmlab.rng``'s.
 """
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import os
 import pickle
-import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmlab.errors import LmlabError, Problem
+from lmlab.models.weights import save_model
 from lmlab.rundir import (MODEL_FILE, OPTIMIZER_DIR, OPTIMIZER_FILE, STATE_FILE, TMP_PREFIX,
-                          checkpoints_root, is_step_name, latest_checkpoint, step_checkpoints)
+                          checkpoints_root, fix_for_damaged_checkpoint, latest_checkpoint,
+                          step_checkpoints)
 from lmlab.training import distributed
 from lmlab.training.distributed import SINGLE, Dist
 
@@ -98,25 +98,6 @@ def _write_main_parts(tmp: Path, model: nn.Module, whole: dict | None, optimizer
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
     _fsync_tree(tmp)
-
-
-def save_model(model: nn.Module, filename: str, whole: dict | None = None) -> None:
-    """``model``'s weights (or ``whole``, its state gathered from FSDP shards) as safetensors, each
-    tied tensor once under its first name (``tok_embeddings.weight``), on every path.
-
-    Not safetensors' ``save_model``: that one picks which name of a tied tensor to keep by itself
-    (``output.weight`` for the transformer), so one-process and DDP checkpoints named it
-    differently from FSDP's and tied runs could not be loaded back."""
-    save_file(_untied(model.state_dict() if whole is None else whole, model), filename)
-
-
-def _untied(state: dict, model: nn.Module) -> dict:
-    """A state dict with each tied tensor once, under the first name ``named_parameters`` gives it."""
-    first = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        first.setdefault(id(param), name)
-    tied = {name for name, param in model.named_parameters(remove_duplicate=False) if first[id(param)] != name}
-    return {k: v.contiguous() for k, v in state.items() if k not in tied}
 
 
 # What the writers say when the disk cuts a write short: torch.save's zip writer reports ENOSPC
@@ -296,43 +277,6 @@ def _restore_replaced(root: Path, path: Path) -> bool:
 # --------------------------------------------------------------------------- loading
 
 
-
-def load_model_weights(model: nn.Module, path: Path) -> None:
-    """Load ``model.safetensors`` into ``model``, naming any tensor whose name or shape differs."""
-    file = Path(path) / MODEL_FILE if Path(path).is_dir() else Path(path)
-    try:
-        saved = load_file(str(file))
-    except (OSError, SafetensorError) as err:
-        raise LmlabError(f"cannot read weights {file}: {err}. The file is missing, truncated or "
-                         f"corrupt. Fix: {_other_checkpoint_fix(file.parent)}") from None
-    expected = model.state_dict()
-    for name, tensor in saved.items():
-        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
-            raise LmlabError(
-                f"checkpoint {file} does not fit this model: tensor {name!r} has shape "
-                f"{tuple(tensor.shape)} in the checkpoint but {tuple(expected[name].shape)} in the "
-                f"model. Fix: use the model config the checkpoint was trained with"
-                f"{_saved_model_hint(file.parent)}, or a new dump_dir to start a new run.")
-    unexpected = sorted(set(saved) - set(expected))
-    if unexpected:
-        raise LmlabError(f"checkpoint {file} has tensors this model lacks: {unexpected[:5]}. Fix: "
-                         "use the model config the checkpoint was trained with.")
-    missing = model.load_state_dict(saved, strict=False).missing_keys
-    _check_missing_are_tied(model, missing, set(saved), file)
-
-
-def _check_missing_are_tied(model: nn.Module, missing: list[str], saved: set[str], file: Path) -> None:
-    """A tied tensor is stored once, so its other names are legitimately "missing"; whichever of its
-    names was stored loads it (checkpoints written before ``save_model`` fixed the name hold
-    ``output.weight``, later ones ``tok_embeddings.weight``)."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    stored = {id(params[name]) for name in saved if name in params}
-    really_missing = [m for m in missing if m not in params or id(params[m]) not in stored]
-    if really_missing:
-        raise LmlabError(f"checkpoint {file} lacks tensors {really_missing[:5]}. Fix: use the "
-                         "model config the checkpoint was trained with.")
-
-
 def load_optimizer(model: nn.Module, optimizer, path: Path) -> None:
     """The checkpoint's optimizer state into ``optimizer`` (over ``model``'s parameters, sharded or
     not). Sharded state (FSDP) loads on any number of processes and strategies; a whole state
@@ -355,11 +299,11 @@ def load_optimizer(model: nn.Module, optimizer, path: Path) -> None:
             f"refused to load optimizer state {file}: it holds Python objects other than tensors "
             f"and plain containers{f' ({found[0]})' if found else ''}, which weights_only=True "
             "loading never runs. lmlab never writes such files, so it was altered or comes from "
-            f"elsewhere. Fix: do not use this file; {_other_checkpoint_fix(path)}") from None
+            f"elsewhere. Fix: do not use this file; {fix_for_damaged_checkpoint(path)}") from None
     except Exception as err:  # a truncated or corrupt file: zip, EOF, ... errors of many types
         first = (str(err).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
         raise LmlabError(f"cannot load optimizer state {file}: {type(err).__name__}: {first}. The "
-                         f"file is missing, truncated or corrupt. Fix: {_other_checkpoint_fix(path)}"
+                         f"file is missing, truncated or corrupt. Fix: {fix_for_damaged_checkpoint(path)}"
                          ) from None
     try:
         optimizer.load_state_dict(state)
@@ -367,67 +311,3 @@ def load_optimizer(model: nn.Module, optimizer, path: Path) -> None:
         raise LmlabError(f"optimizer state {file} does not fit this model's optimizer ({err}). Fix: "
                          "resume with the optim.* and model settings the run was trained with, or "
                          "use a new dump_dir.") from None
-
-
-def _other_checkpoint_fix(checkpoint_dir: Path) -> str:
-    """How to go on without a damaged checkpoint: delete it and resume from the one before."""
-    if is_step_name(checkpoint_dir.name):
-        earlier = [p for p in step_checkpoints(checkpoint_dir.parent.parent)
-                   if int(p.name) < int(checkpoint_dir.name)]
-        then = (f"resume from checkpoint {earlier[-1].name}" if earlier else
-                "start the run over (there is no earlier checkpoint)")
-        return (f"delete {checkpoint_dir} and run the same command again to {then}; or pass another "
-                "checkpoint to lmlab eval / generate.")
-    return f"pass another checkpoint of the run (a checkpoints/<step> directory) instead of {checkpoint_dir}."
-
-
-def _saved_model_hint(checkpoint_dir: Path) -> str:
-    """' (model.dim=64, ...)' from the checkpoint's train_state.json, when it records the model."""
-    try:
-        saved = json.loads((checkpoint_dir / STATE_FILE).read_text(encoding="utf-8")).get("model")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    if not isinstance(saved, dict):
-        return ""
-    shown = [f"model.{k}={v}" for k, v in saved.items()
-             if k not in ("vocab_size", "max_seq_len") and v is not None]
-    return f" ({' '.join(shown)})" if shown else ""
-
-
-# --------------------------------------------------------------------------- RNG
-
-
-def rng_state() -> dict:
-    """Every RNG a run touches (python, numpy global, torch CPU and CUDA) as JSON."""
-    state = {"python": _jsonable(random.getstate()),
-             "numpy": _jsonable(np.random.get_state()),
-             "torch": _b64(torch.get_rng_state())}
-    if torch.cuda.is_available():
-        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(_unb64(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
-
-
-def _b64(tensor: torch.Tensor) -> str:
-    return base64.b64encode(tensor.numpy().tobytes()).decode("ascii")
-
-
-def _unb64(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    return value

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from lmlab import rundir
+from lmlab.evaluation.validation import validation_metrics
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.batches import fetch_batch, share_bad_records
 from lmlab.training.build import TrainingParts
@@ -29,7 +30,6 @@ from lmlab.training.optim import lr_at, set_lr
 from lmlab.training.resume import saved_state
 from lmlab.training.signals import PreemptionSignals
 from lmlab.training.step import NonFiniteGuard, StepResult, TrainState, train_step
-from lmlab.training.validation import evaluate
 
 # (step, checkpoint folder, finished, state): called after every checkpoint is saved
 CheckpointHook = Callable[[int, Path, bool, TrainState], None]
@@ -131,8 +131,8 @@ class Trainer:
     def _validate(self, step: int, epoch: int | None = None) -> dict:
         self.guard.check()
         with self.events.phase("validate", step=step):
-            metrics = evaluate(self.parts.model, self.data.val_batches(), self.data.byte_lengths,
-                               self.runtime.device, self.data.pad_id, autocast=self.runtime.autocast)
+            metrics = validation_metrics(self.parts.model, self.data.val_batches(), self.data.byte_lengths,
+                                         self.runtime.device, self.data.pad_id, autocast=self.runtime.autocast)
         if metrics:
             self.sink.log({"epoch": epoch, **metrics} if epoch else metrics, step)
             self.console.line(format_val_line(step, metrics, epoch))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lmlab import rundir
 from lmlab.data.loader import merge_states
+from lmlab.rng import rng_state, set_rng_state
 from lmlab.training import checkpoint as ckpt
 from lmlab.training import distributed
 from lmlab.training.build import TrainingParts
@@ -62,7 +63,7 @@ def saved_state(state: TrainState, finished: bool, parts: TrainingParts, data, o
     """What a checkpoint's train_state.json holds: the loop state and all that ``restore`` needs
     (data position, RNG, scheduler, scaler) plus the resolved model config evaluation rebuilds.
     Every rank calls it (it gathers each rank's RNG state)."""
-    rng = distributed.gather_objects(ckpt.rng_state(), d)
+    rng = distributed.gather_objects(rng_state(), d)
     return {**state.to_saved(), "finished": finished, "loader": _loader_state(data.train, d),
             "rng": rng[0], **({"rng_by_rank": rng} if d.enabled else {}),
             "scheduler": {"name": optim_cfg.scheduler, "lr": parts.optimizer.param_groups[0]["lr"],
@@ -89,5 +90,5 @@ def restore(parts: TrainingParts, loader, resume: Resume, d: Dist) -> TrainState
     if parts.scaler and resume.saved.get("scaler"):
         parts.scaler.load_state_dict(resume.saved["scaler"])
     by_rank = resume.saved.get("rng_by_rank") or []
-    ckpt.set_rng_state(by_rank[d.rank] if d.rank < len(by_rank) else resume.saved["rng"])
+    set_rng_state(by_rank[d.rank] if d.rank < len(by_rank) else resume.saved["rng"])
     return TrainState.from_saved(resume.saved)

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -63,12 +61,6 @@ def check(cfg: TrainingConfig) -> list[Problem]:
             problems.append(Problem(f"training.{key}", f"must be >= 0, got {getattr(cfg, key)}.",
                                     f"set training.{key}=0"))
     return problems
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @dataclass

@@ -70,7 +70,7 @@ def test_is_greedy_true_for_the_greedy_continuation(family, request, greedy_unca
     prompt = [tokenizer.bos_id] + tokenizer.encode("the cat sat")
     greedy = greedy_uncached(model, prompt, 6)
     wrong = greedy[:-1] + [(greedy[-1] + 1) % tokenizer.vocab_size]
-    (lp_greedy, is_greedy), (lp_wrong, not_greedy) = lm.score_sequences(
+    (lp_greedy, is_greedy), (lp_wrong, not_greedy) = lm.scorer.score(
         [(prompt + greedy, len(prompt)), (prompt + wrong, len(prompt))])
     assert is_greedy and not not_greedy
     assert lp_greedy > lp_wrong

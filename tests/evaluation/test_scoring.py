@@ -48,7 +48,7 @@ def test_piqa_loglikelihoods_equal_the_old_scorer(family, request, byte_tok):
     assert len(seqs) == 200
     want = score_reference(model, seqs, batch_size=32)
     lm = LmlabLM(model, byte_tok, batch_size=32, max_batch_tokens=4096, progress=False)
-    _assert_same(lm.score_sequences(seqs), want)
+    _assert_same(lm.scorer.score(seqs), want)
 
 
 def test_shared_contexts_windows_and_budgets_agree(long_transformer, transformer, byte_context_vector):

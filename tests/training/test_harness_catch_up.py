@@ -8,11 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from lmlab import rundir
-from lmlab.apps.train import HarnessAtCheckpoints
+from lmlab.evaluation.at_checkpoints import HarnessAtCheckpoints
 from lmlab.evaluation.config import EvalConfig
 from lmlab.evaluation.results import results_dir
-from lmlab.training.resume import Resume
-from lmlab.training.step import TrainState
 
 
 @pytest.mark.parametrize("recorded", [None, "beside the checkpoint", "by lmlab eval"])
@@ -27,6 +25,6 @@ def test_a_checkpoint_evaluated_before_the_kill_is_not_evaluated_again(tmp_path,
     cfg = SimpleNamespace(dump_dir=str(run), eval=EvalConfig(every=10, tasks=["piqa"]))
     harness = HarnessAtCheckpoints(cfg, None, None, None, None)
     evaluated = []
-    harness.evaluate = lambda step, path, state: evaluated.append(step)
-    harness.catch_up(Resume(checkpoint, {"step": 10}), TrainState())
+    harness.evaluate = lambda step, path: evaluated.append(step)
+    harness.catch_up(10, checkpoint, last_eval_step=0)  # the resumed checkpoint, none evaluated yet
     assert evaluated == ([] if recorded else [10])

@@ -66,7 +66,7 @@ import importlib, json, os, sys, traceback
 for name in ("torch", "numpy", "safetensors.torch", "lmlab.cli", "lmlab.preflight",
              "lmlab.apps.train", "lmlab.training.loop", "lmlab.training.checkpoint",
              "lmlab.training.metrics", "lmlab.data.pipeline", "lmlab.models.registry",
-             "lmlab.training.validation", "lmlab.runlog"):
+             "lmlab.evaluation.validation", "lmlab.runlog"):
     try:  # only a speed-up: whatever is missing is imported by the child itself
         importlib.import_module(name)
     except ImportError:

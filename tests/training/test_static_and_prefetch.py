@@ -17,7 +17,7 @@ from lmlab.models.context_vector import ContextVectorConfig, ContextVectorLM
 from lmlab.models.transformer import Transformer, TransformerConfig
 from lmlab.rundir import read_jsonl
 from lmlab.training.graphs import use_cuda_graph
-from lmlab.training.runtime import Runtime
+from lmlab.runtime import Runtime
 from lmlab.training.step import train_step
 
 CPU = Runtime(torch.device("cpu"), "fp32")

@@ -21,9 +21,9 @@ from lmlab.config import load_config
 from lmlab.evaluation.generation import greedy_reference
 from lmlab.evaluation.loading import load_for_eval, saved_config_file
 from lmlab.models.transformer import Transformer, TransformerConfig
+from lmlab.models.weights import load_model_weights
 from lmlab.rundir import (CHECKPOINTS_DIR, EVAL_RESULTS_FILE, METRICS_FILE, read_json, read_jsonl,
                           resolve_checkpoint)
-from lmlab.training import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TIED = [*TINY_TRANSFORMER, "data.seq_len=64", "steps=6", "checkpoint.every=3",
@@ -104,7 +104,7 @@ def test_a_tied_checkpoint_loads_whichever_name_holds_the_matrix(tmp_path, store
     source, target = tied_model(0), tied_model(1)
     other = ({"tok_embeddings.weight", "output.weight"} - {stored}).pop()
     save_file({k: v for k, v in source.state_dict().items() if k != other}, str(tmp_path / "model.safetensors"))
-    ckpt.load_model_weights(target, tmp_path)
+    load_model_weights(target, tmp_path)
     assert target.output.weight is target.tok_embeddings.weight  # still tied
     torch.testing.assert_close(target.output.weight, source.tok_embeddings.weight)
 
@@ -114,4 +114,4 @@ def test_a_tied_checkpoint_without_the_matrix_is_refused(tmp_path):
     state = {k: v for k, v in tied_model(0).state_dict().items() if k not in tied}
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(Exception, match=r"lacks tensors \['tok_embeddings.weight'"):
-        ckpt.load_model_weights(tied_model(1), tmp_path)
+        load_model_weights(tied_model(1), tmp_path)

@@ -1,4 +1,6 @@
-"""Validation loss, perplexity, bits per byte and next-token accuracy: a pure function of (model, batches).
+"""Validation loss, perplexity, bits per byte and next-token accuracy: a pure function of (model,
+batches), and ``eval.validation.*``, the settings of when and on how much of it. The training loop
+calls it at its validation steps, ``lmlab eval`` on a saved checkpoint (``runner.validation_rows``).
 
 Conventions (also in reports): ``val/loss`` is the mean cross-entropy in nats per predicted token;
 ``val/ppl = exp(val/loss)``; ``val/bpb`` is the summed cross-entropy in bits divided by the UTF-8
@@ -44,8 +46,8 @@ def check(cfg: ValidationConfig) -> list[Problem]:
 
 
 @torch.no_grad()
-def evaluate(model, batches: Iterable[torch.Tensor], byte_lengths: torch.Tensor, device: torch.device,
-             pad_id: int | None = None, autocast=None) -> dict:
+def validation_metrics(model, batches: Iterable[torch.Tensor], byte_lengths: torch.Tensor,
+                       device: torch.device, pad_id: int | None = None, autocast=None) -> dict:
     """Metrics over every batch; ``byte_lengths[v]`` is the UTF-8 byte count token v stands for.
     The sums stay on the device (float64) and are read back once, at the end: no host sync per batch."""
     was_training = model.training
