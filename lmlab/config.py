@@ -30,10 +30,10 @@ from lmlab.models.hf_llama import INIT_PREFIX
 from lmlab.models.registry import DEFAULT_MODEL, MODELS, model_config_class
 from lmlab.reports.config import ReportConfig
 from lmlab.training.checkpoint import CheckpointConfig
+from lmlab.training.config import TrainingConfig
 from lmlab.training.distributed import DistributedConfig
 from lmlab.training.metrics import LoggingConfig
 from lmlab.training.optim import OptimConfig, scaled_lr
-from lmlab.training.step import TrainingConfig
 
 
 def _model_field_class(raw: Any) -> type | None:
@@ -362,9 +362,14 @@ def _absolute(obj, keys: list[str], prefix: str):
     return dataclasses.replace(obj, **{keys[0]: prefix + os.path.abspath(path)})
 
 
+def config_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (readable, and loadable again by ``load_config``): what
+    ``config.yaml`` holds."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
 def dump_config(cfg: RunConfig, path: Path) -> None:
-    """Write the resolved config as YAML (readable, and loadable again by ``load_config``)."""
-    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+    write_text(path, config_yaml(cfg))
 
 
 def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -7,6 +7,7 @@ internal invariants, so a traceback always means a bug in lmlab.
 from __future__ import annotations
 
 import difflib
+import sys
 from dataclasses import dataclass
 
 
@@ -44,3 +45,10 @@ def did_you_mean(word: str, options) -> str:
     """' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def show_warnings(command: str, warnings: list[Problem]) -> None:
+    """``lmlab COMMAND: warning: KEY: what`` and its fix on stderr, one per warning."""
+    for w in warnings:
+        fix = f"\n  fix: {w.fix}" if w.fix else ""
+        print(f"lmlab {command}: warning: {w.key}: {w.message}{fix}", file=sys.stderr, flush=True)

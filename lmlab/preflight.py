@@ -7,7 +7,6 @@ problem with its key and fix. It only lists files and probes the output director
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from lmlab.data import sources, tokenizers
 from lmlab.errors import ConfigError, Problem
 from lmlab.evaluation import config as eval_config
 from lmlab.models import registry
-from lmlab.training import checkpoint, distributed, graphs, metrics, optim, step
+from lmlab.training import checkpoint, distributed, graphs, metrics, optim
+from lmlab.training import config as training_config
 
 
 def load_and_check(path, overrides: list[str] = (), world_size: int | None = None) -> RunConfig:
@@ -42,24 +42,14 @@ def _covered(key: str, flagged: set[str]) -> bool:
 
 
 def preflight_warnings(cfg: RunConfig, total_steps: int | None = None) -> list[Problem]:
-    """What is allowed but almost never meant (the command shows each, ``show_warnings``, and goes
+    """What is allowed but almost never meant (the command shows each, ``errors.show_warnings``, and goes
     on). ``total_steps``: the planned optimizer steps; by default ``steps`` in step mode, while in
-    epoch mode they are known only once the data is read (``lmlab train`` passes them then)."""
+    epoch mode they are known only once the data is read (the ``Trainer`` warns then itself)."""
     if total_steps is None:
         if cfg.epochs > 0:
             return []
-        total_steps, planned = cfg.steps, f"steps={cfg.steps}"
-    else:
-        planned = f"steps={total_steps}" if cfg.epochs <= 0 else \
-            f"{total_steps} steps for epochs={cfg.epochs}"
-    return optim.warmup_warnings(cfg.optim, total_steps, planned)
-
-
-def show_warnings(command: str, warnings: list[Problem]) -> None:
-    """``lmlab COMMAND: warning: KEY: what`` and its fix on stderr, one per warning."""
-    for w in warnings:
-        fix = f"\n  fix: {w.fix}" if w.fix else ""
-        print(f"lmlab {command}: warning: {w.key}: {w.message}{fix}", file=sys.stderr, flush=True)
+        total_steps = cfg.steps
+    return optim.warmup_warnings(cfg.optim, total_steps, cfg.epochs)
 
 
 def preflight_problems(cfg: RunConfig, world_size: int = 1) -> list[Problem]:
@@ -75,7 +65,7 @@ def preflight_problems(cfg: RunConfig, world_size: int = 1) -> list[Problem]:
     problems += checkpoint.check(cfg.checkpoint)
     problems += metrics.check(cfg.logging)
     problems += eval_config.check(cfg.eval)
-    problems += step.check(cfg.training)
+    problems += training_config.check(cfg.training)
     problems += graphs.check(cfg)
     if cfg.training.cuda_graph and world_size > 1:
         problems.append(Problem("training.cuda_graph", f"a graphed step runs in one process; this "

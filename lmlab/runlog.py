@@ -120,7 +120,7 @@ def _inside_lmlab(filename: str) -> bool:
 
 
 def _display_path(filename: str) -> str:
-    """Relative to the folder holding the lmlab package when below it ("lmlab/training/loop.py";
+    """Relative to the folder holding the lmlab package when below it ("lmlab/training/trainer.py";
     "torch/nn/..." for a site-packages install), so reports do not depend on the checkout path;
     the path as given otherwise."""
     try:
@@ -218,7 +218,7 @@ class EventLog:
         """``run_start``, then ``run_end`` however the block ends; warnings are recorded inside.
 
         A normal exit writes the ``set_result`` status (default ``finished``; the training loop
-        sets ``preempted`` after it saved on SIGTERM/SIGUSR1, see ``training.loop.PreemptionSignals``);
+        sets ``preempted`` after it saved on SIGTERM/SIGUSR1, see ``training.signals.PreemptionSignals``);
         Ctrl-C writes ``stopped``; any other exception writes ``failed`` with the phase it failed
         in. Exceptions are always re-raised.
         """

@@ -80,13 +80,13 @@ def test_empty_data_file_and_cuda_without_gpu(tmp_path):
 
 def test_a_crash_after_preflight_is_recorded_and_reported_in_one_line(tmp_path, jsonl_root, monkeypatch,
                                                                        capsys):
-    import lmlab.apps.train as train_app
+    import lmlab.training.trainer as trainer_module
     from lmlab.reports.status import run_status
 
     def vanished(cfg, run_dir, on_record=None, rank=0, world_size=1):  # e.g. the data deleted between preflight and loading
         raise FileNotFoundError(2, "No such file or directory", str(jsonl_root / "alpha"))
 
-    monkeypatch.setattr(train_app, "build_data", vanished)
+    monkeypatch.setattr(trainer_module, "build_data", vanished)  # the name the Trainer uses
     run = tmp_path / "run"
     code = main(["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(jsonl_root),
                  f"dump_dir={run}"])

@@ -7,7 +7,8 @@ once (``file:line: reason``, exit 2), or prints how many files, lines and bytes 
 from __future__ import annotations
 
 from lmlab.data.scan import scan_data
-from lmlab.preflight import load_and_check, preflight_warnings, show_warnings
+from lmlab.errors import show_warnings
+from lmlab.preflight import load_and_check, preflight_warnings
 
 
 def run(args) -> int:

@@ -5,7 +5,7 @@ is written or submitted; so is a dump_dir whose earlier job is still queued, run
 be requeued (``slurm_jobs``): its code and config must not change under it. Then, in the run
 directory: a snapshot of the lmlab code and the resolved config under ``code/`` (the job trains
 exactly what was checked, whatever the checkout holds by the time it starts; every path in it
-absolute), and ``submit.slurm`` (``training/slurm_script.py``), which ``sbatch`` gets unless
+absolute), and ``submit.slurm`` (``lmlab/slurm_script.py``), which ``sbatch`` gets unless
 ``--dry-run``; the job id it returns goes to ``slurm-jobs.json``. The job requeues itself after a
 preemption warning and resumes.
 
@@ -28,13 +28,13 @@ from pathlib import Path
 from lmlab import rundir, slurm_jobs
 from lmlab.atomic import write_text
 from lmlab.config import RunConfig, absolute_paths, dump_config, finalize_config, load_config_collecting
-from lmlab.errors import ConfigError, LmlabError
-from lmlab.preflight import device_problems, load_and_check, preflight_warnings, show_warnings
+from lmlab.errors import ConfigError, LmlabError, show_warnings
+from lmlab.preflight import device_problems, load_and_check, preflight_warnings
 from lmlab.reports.status import run_status
 from lmlab.runlock import mark_run_dir
 from lmlab.runlog import git_info
+from lmlab.slurm_script import SlurmJob, render
 from lmlab.training import distributed
-from lmlab.training.slurm_script import SlurmJob, render
 
 CPUS_PER_GPU = 4  # --cpus-per-task default: per GPU process of a node (1 per CPU process)
 PACKAGE = Path(__file__).resolve().parents[1]  # the lmlab source this process runs

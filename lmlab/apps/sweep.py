@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from lmlab import sweepdir
-from lmlab.errors import LmlabError, Problem
-from lmlab.preflight import device_problems, show_warnings
+from lmlab.errors import LmlabError, Problem, show_warnings
+from lmlab.preflight import device_problems
 from lmlab.reports.sweep import format_sweep_trials, load_sweep
 from lmlab.reports.sweep_report import scaling_fit
 from lmlab.runlock import RunLock, read_holder

@@ -276,7 +276,7 @@ def rows_of_readers(batch_size: int, micro_batches: int, readers: int) -> list[i
 def own_rows(batch_size: int, micro_batches: int, rank: int, world_size: int) -> np.ndarray:
     """(batch_size,) bool: the rows of a global batch that process ``rank`` trains on. The step
     cuts a batch into micro-batches with ``Tensor.chunk`` and gives each process its
-    ``tensor_split`` share of each (``training.step``, ``distributed.shard_rows``): the same here."""
+    ``tensor_split`` share of each (``training.parts``, ``distributed.shard_rows``): the same here."""
     own = np.zeros(batch_size, dtype=bool)
     for chunk in torch.arange(batch_size).chunk(micro_batches):
         own[chunk.tensor_split(world_size)[rank].numpy()] = True

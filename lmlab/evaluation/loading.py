@@ -2,10 +2,11 @@
 
 The caller resolves the checkpoint (``rundir.resolve_checkpoint``) and loads the run's config
 (``saved_config_file`` says where it is): the config layer sits above evaluation, so the apps load
-it and pass it in, and evaluation names what it reads of it (``RunSettings``). The model is rebuilt from the resolved model config stored in the checkpoint's
-``train_state.json`` (vocab_size and max_seq_len already filled in), so evaluation never depends on
-re-deriving sizes from the data; older checkpoints without that entry fall back to the run's
-config resolved with the saved tokenizer.
+it and pass it in, and evaluation names what it reads of it (``RunSettings``). The model is
+rebuilt from the resolved model config stored in the checkpoint's ``train_state.json`` (vocab_size
+and max_seq_len already filled in), so evaluation never depends on re-deriving sizes from the data;
+older checkpoints without that entry fall back to the run's config resolved with the saved
+tokenizer.
 
 A run that is still training deletes old step checkpoints (``checkpoint.keep``: renamed, then
 removed) and republishes ``best``/``final`` at any moment, so the files read are held open from the

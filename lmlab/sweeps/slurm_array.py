@@ -1,6 +1,6 @@
 """``lmlab sweep SPEC --slurm``: one SLURM job array, one task per trial.
 
-Each trial gets what ``lmlab slurm`` writes for a run (``training.slurm_script.render``): its
+Each trial gets what ``lmlab slurm`` writes for a run (``slurm_script.render``): its
 resolved config (every path absolute) under ``<trial>/code/`` and ``<trial>/submit.slurm``, the
 batch script with the same requeue behaviour (``--signal=B:USR1@120``: checkpoint, ``scontrol
 requeue``, the requeued task resumes; SIGTERM: checkpoint). The lmlab code snapshot is taken once,
@@ -38,9 +38,9 @@ from lmlab.errors import LmlabError
 from lmlab.rundir import read_json
 from lmlab.runlock import mark_run_dir
 from lmlab.runlog import git_info
+from lmlab.slurm_script import SlurmJob, directives, job_name, render
 from lmlab.sweeps.table import now_iso
 from lmlab.sweeps.trials import Trial
-from lmlab.training.slurm_script import SlurmJob, directives, job_name, render
 
 CPUS_PER_GPU = 4
 PACKAGE = Path(lmlab.__file__).resolve().parent

@@ -187,6 +187,13 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
+def main_first(d: Dist, action):
+    """``action`` on rank 0, then (once it is done: it may write what they read) on the others."""
+    result = action() if d.is_main else None
+    barrier(d)
+    return result if d.is_main else action()
+
+
 def sum_(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
     """In place: the sum of ``tensor`` over all ranks (no host sync on GPU)."""
     if d.enabled:

@@ -76,12 +76,13 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def warmup_warnings(cfg: OptimConfig, total_steps: int, planned: str) -> list[Problem]:
-    """Allowed but almost never meant: a warmup as long as the run (``total_steps``, described by
-    ``planned``) or longer keeps the learning rate below its peak the whole run and the decay never
-    starts. A warning (the command goes on), not a problem."""
+def warmup_warnings(cfg: OptimConfig, total_steps: int, epochs: int = 0) -> list[Problem]:
+    """Allowed but almost never meant: a warmup as long as the run (``total_steps``; in epoch mode,
+    those of ``epochs`` epochs) or longer keeps the learning rate below its peak the whole run and
+    the decay never starts. A warning (the command goes on), not a problem."""
     if cfg.warmup <= 0 or total_steps <= 0 or cfg.warmup < total_steps:
         return []
+    planned = f"steps={total_steps}" if epochs <= 0 else f"{total_steps} steps for epochs={epochs}"
     share = total_steps / cfg.warmup
     reached = f"{share * 100:.2g}% of its peak" if share < 1 else "its peak only at the last step"
     if cfg.lr_scaling == "none" and share < 1:

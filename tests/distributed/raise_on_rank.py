@@ -2,10 +2,10 @@
 import os
 import sys
 
-import lmlab.training.loop as loop
 from lmlab.cli import main
+from lmlab.training.parts import TrainingParts
 
-original = loop.train_step
+original = TrainingParts.step
 calls = {"n": 0}
 
 
@@ -16,5 +16,5 @@ def failing_on_rank_1(*args, **kwargs):
     return original(*args, **kwargs)
 
 
-loop.train_step = failing_on_rank_1
+TrainingParts.step = failing_on_rank_1
 sys.exit(main(sys.argv[1:]))

@@ -158,7 +158,7 @@ IMPORTED = [*TINY_TRANSFORMER, "model.dim=64", "model.n_heads=4", "model.n_kv_he
 def test_init_from_hf_starts_from_its_weights_trains_and_resumes(tmp_path, jsonl_root):
     from lmlab.preflight import load_and_check
     from lmlab.runtime import resolve_runtime
-    from lmlab.training.build import build_parts
+    from lmlab.training.parts import build_parts
     from lmlab.training.distributed import SINGLE
 
     folder = tmp_path / "llama"

@@ -17,7 +17,7 @@ from lmlab.apps.info import run_info
 from lmlab.cli import main
 from lmlab.reports.report import write_report
 from lmlab.runlog import EventLog
-from lmlab.training.step import train_step
+from lmlab.training.parts import TrainingParts
 
 SECTIONS_EN = ["## Overview", "## Status", "## Model size", "## Loss", "## Plots", "## Throughput",
                "## Checkpoints", "## Evaluation results"]
@@ -147,8 +147,8 @@ def test_failed_run_report_for_out_of_memory(tmp_path, tiny_runs):
     with pytest.raises(torch.OutOfMemoryError):
         with log.run():
             with log.phase("train"):
-                train_step(OutOfMemoryModel(), torch.zeros(16, 33, dtype=torch.long), None, runtime,
-                           None, 1.0, 1, None)
+                TrainingParts(OutOfMemoryModel(), None, runtime, clip=1.0).step(
+                    torch.zeros(16, 33, dtype=torch.long))
     text = write_report(run).read_text()
     assert "| phase | `train` |" in text and "`OutOfMemoryError`" in text
     assert re.search(r"`lmlab/training/\w+\.py:\d+`", text)  # the lmlab line, not torch's

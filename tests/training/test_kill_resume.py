@@ -64,7 +64,7 @@ EPOCH_MODE = ["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"),
 ZYGOTE = r"""
 import importlib, json, os, sys, traceback
 for name in ("torch", "numpy", "safetensors.torch", "lmlab.cli", "lmlab.preflight",
-             "lmlab.apps.train", "lmlab.training.loop", "lmlab.training.checkpoint",
+             "lmlab.apps.train", "lmlab.training.trainer", "lmlab.training.checkpoint",
              "lmlab.training.metrics", "lmlab.data.pipeline", "lmlab.models.registry",
              "lmlab.evaluation.validation", "lmlab.runlog"):
     try:  # only a speed-up: whatever is missing is imported by the child itself

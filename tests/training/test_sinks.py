@@ -16,9 +16,8 @@ from lmlab.config import describe_fields, load_config_collecting
 from lmlab.errors import LmlabError
 from lmlab.rundir import WANDB_ID_FILE, read_jsonl
 from lmlab.training import sinks as sinks_mod
-from lmlab.training.metrics import (JsonlSink, LoggingConfig, TensorBoardConfig, WandbConfig, check,
-                                    truncate_metrics)
-from lmlab.training.sinks import build_sinks, numeric_only
+from lmlab.training.metrics import LoggingConfig, TensorBoardConfig, WandbConfig, check
+from lmlab.training.sinks import JsonlSink, build_sinks, numeric_only, truncate_metrics
 
 # A CPU-only run logs mfu as None and the loop logs epoch numbers too: both shapes appear here.
 METRICS = [{"loss": 2.5, "lr": 1e-3, "mfu": None}, {"loss": 2.0, "lr": 1e-3, "mfu": None},

@@ -18,7 +18,7 @@ from lmlab.models.transformer import Transformer, TransformerConfig
 from lmlab.rundir import read_jsonl
 from lmlab.training.graphs import use_cuda_graph
 from lmlab.runtime import Runtime
-from lmlab.training.step import train_step
+from lmlab.training.parts import TrainingParts
 
 CPU = Runtime(torch.device("cpu"), "fp32")
 TIMING = {"tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib"}
@@ -41,7 +41,7 @@ def test_a_padded_last_batch_trains_exactly_like_the_unpadded_one(model, pad_id)
     for static_rows in (None, 8):
         m = copy.deepcopy(model)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
-        results.append(train_step(m, batch, opt, CPU, None, 1.0, 1, pad_id, static_rows=static_rows))
+        results.append(TrainingParts(m, opt, CPU, clip=1.0, pad_id=pad_id, static_rows=static_rows).step(batch))
         weights.append(m.state_dict())
     torch.testing.assert_close(results[1].loss, results[0].loss)
     torch.testing.assert_close(results[1].grad_norm, results[0].grad_norm)
@@ -149,8 +149,8 @@ def test_the_cuda_graphed_step_trains_like_the_plain_step(precision):
     gen = torch.Generator().manual_seed(2)
     for rows in (8, 8, 8, 8, 5):
         batch = torch.randint(0, 50, (rows, 13), generator=gen)
-        plain = train_step(model, batch, opts[0], cuda, None, 1.0, 1, None, static_rows=8)
-        fast = train_step(forward, batch, opts[1], cuda, None, 1.0, 1, None, static_rows=8)
+        plain = TrainingParts(model, opts[0], cuda, clip=1.0, static_rows=8).step(batch)
+        fast = TrainingParts(forward, opts[1], cuda, clip=1.0, static_rows=8).step(batch)
         tol = {} if precision == "fp32" else {"rtol": 2e-2, "atol": 2e-2}
         torch.testing.assert_close(fast.loss, plain.loss, **tol)
     for key, value in model.state_dict().items():

@@ -5,12 +5,12 @@ import os
 if os.environ.get("LMLAB_TEST_STEP_SLEEP") and "TORCHELASTIC_RUN_ID" in os.environ:
     import time
 
-    import lmlab.training.loop as loop
+    from lmlab.training.parts import TrainingParts
 
-    _train_step, _seconds = loop.train_step, float(os.environ["LMLAB_TEST_STEP_SLEEP"])
+    _train_step, _seconds = TrainingParts.step, float(os.environ["LMLAB_TEST_STEP_SLEEP"])
 
     def _slow_step(*args, **kwargs):
         time.sleep(_seconds)
         return _train_step(*args, **kwargs)
 
-    loop.train_step = _slow_step
+    TrainingParts.step = _slow_step

@@ -1,5 +1,10 @@
-"""Starting again where a run left off: find the newest complete checkpoint, finish what a kill left
-undone, and restore everything the run depends on (weights, optimizer, data position, RNG, scaler).
+"""What a run's checkpoints hold of the training loop, and starting again where a run left off.
+
+``TrainState`` is the loop's bookkeeping; a checkpoint's ``train_state.json`` holds it beside all
+that resuming needs (``saved_state``: data position, RNG, scheduler, scaler, the resolved model
+config evaluation rebuilds). ``find_resume`` picks the newest complete checkpoint after cleaning up
+what a kill left, ``publish_interrupted`` finishes a publication a kill cut short, and ``restore``
+brings back everything the weights do not hold.
 
 On CPU this is exact: the steps after a resume log exactly the metrics (and end with exactly the
 weights) of an uninterrupted run.
@@ -7,7 +12,7 @@ weights) of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmlab import rundir
@@ -15,9 +20,44 @@ from lmlab.data.loader import merge_states
 from lmlab.rng import rng_state, set_rng_state
 from lmlab.training import checkpoint as ckpt
 from lmlab.training import distributed
-from lmlab.training.build import TrainingParts
 from lmlab.training.distributed import Dist
-from lmlab.training.step import TrainState
+from lmlab.training.parts import TrainingParts
+
+
+@dataclass
+class TrainState:
+    """The loop's bookkeeping, saved in every checkpoint's train_state.json and restored on resume
+    (beside the data position, RNG, scheduler and scaler states the checkpoint also holds)."""
+
+    step: int = 0
+    tokens: int = 0
+    epoch_loss_sum: float = 0.0  # epoch mode: training losses summed since the epoch began
+    epoch_steps: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    bad_epochs: int = 0  # validations in a row without improvement (early stopping)
+    skipped_steps: int = 0  # non-finite steps skipped (training.skip_nonfinite_steps)
+    last_eval_step: int = 0  # the last checkpoint the harness tasks ran on (eval.every)
+    failed_evals: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "TrainState":
+        """From a train_state.json; keys this version does not keep (loader, rng ...) are ignored
+        and keys older checkpoints lack keep their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in names})
+
+    def to_saved(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def record_validation(self, loss: float, min_delta: float) -> bool:
+        """Track the best validation loss; True when ``loss`` improves on it by more than min_delta."""
+        improved = self.best_val_loss is None or loss < self.best_val_loss - min_delta
+        if improved:
+            self.best_val_loss, self.best_step, self.bad_epochs = loss, self.step, 0
+        else:
+            self.bad_epochs += 1
+        return improved
 
 
 @dataclass
