@@ -1,5 +1,5 @@
 """The package's shape holds: one-way import layers (import-linter contracts in pyproject.toml),
-torch.distributed in one file, short files and classes, and lazy imports that say so."""
+torch.distributed in one file, short files and functions, and lazy imports that say so."""
 from __future__ import annotations
 
 import ast
@@ -14,7 +14,11 @@ from helpers import REPO
 
 PACKAGE = REPO / "lmlab"
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-MAX_FILE_LINES, MAX_CLASS_LINES = 450, 160
+# A file a reader can hold in mind, and a function whose code fits one screen with its signature.
+# Classes have no cap: a cap on a cohesive class (the Trainer owns a run) splits it into a helper
+# module that calls back into it, which is worse than the long class. A function's docstring is
+# not counted: documentation is never what a cap should push out.
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 450, 50
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
@@ -69,16 +73,29 @@ def test_only_training_distributed_touches_torch_distributed():
     assert any(_touches_torch_distributed(n) for n in ast.walk(ast.parse(allowed.read_text())))
 
 
-def test_files_and_classes_stay_short():
-    long_files, long_classes = [], []
+def _code_lines(func: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's lines from ``def`` to its end, less its docstring."""
+    lines = func.end_lineno - func.lineno + 1
+    first = func.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and \
+            isinstance(first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def test_files_and_functions_stay_short():
+    """Replaces the class-length cap (160 lines) of earlier versions: see MAX_FUNCTION_LINES."""
+    long_files, long_functions = [], []
     for path, source in _modules():
         lines = source.count("\n")
         if lines > MAX_FILE_LINES:
             long_files.append(f"{path.relative_to(REPO)}: {lines} lines")
         for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES:
-                long_classes.append(f"{path.relative_to(REPO)}:{node.name}")
-    assert long_files == [] and long_classes == []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    _code_lines(node) > MAX_FUNCTION_LINES:
+                long_functions.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: "
+                                      f"{_code_lines(node)} lines")
+    assert long_files == [] and long_functions == []
 
 
 def test_function_local_imports_are_lazy_on_purpose():
