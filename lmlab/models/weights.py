@@ -1,9 +1,9 @@
-"""A model's weights file (``model.safetensors``): written with each tied tensor once, read back
-into a model naming every tensor that does not fit.
+"""Reading a model's weights file (``model.safetensors``) back into a model, naming every tensor
+whose name or shape does not fit and loading a tied tensor under whichever of its names was stored.
 
-Checkpoints (``training.checkpoint``) write it and resume from it; evaluation, generation and
-export read it (``evaluation.loading``): both sit above ``models``, so the file format's one rule
-about tied tensors lives here, once, for the writer and the reader alike.
+Training reads it when it resumes (``training.parts``), evaluation, generation and export when they
+load a checkpoint (``evaluation.loading``): both sit above ``models``, so the reader lives here.
+Checkpoints write it (``training.checkpoint.save_model``).
 """
 from __future__ import annotations
 
@@ -11,30 +11,11 @@ import json
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.rundir import MODEL_FILE, STATE_FILE, fix_for_damaged_checkpoint
-
-
-def save_model(model: nn.Module, filename: str, whole: dict | None = None) -> None:
-    """``model``'s weights (or ``whole``, its state gathered from FSDP shards) as safetensors, each
-    tied tensor once under its first name (``tok_embeddings.weight``), on every path.
-
-    Not safetensors' ``save_model``: that one picks which name of a tied tensor to keep by itself
-    (``output.weight`` for the transformer), so one-process and DDP checkpoints named it
-    differently from FSDP's and tied runs could not be loaded back."""
-    save_file(_untied(model.state_dict() if whole is None else whole, model), filename)
-
-
-def _untied(state: dict, model: nn.Module) -> dict:
-    """A state dict with each tied tensor once, under the first name ``named_parameters`` gives it."""
-    first = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        first.setdefault(id(param), name)
-    tied = {name for name, param in model.named_parameters(remove_duplicate=False) if first[id(param)] != name}
-    return {k: v.contiguous() for k, v in state.items() if k not in tied}
 
 
 def load_model_weights(model: nn.Module, path: Path) -> None:

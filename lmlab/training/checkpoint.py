@@ -9,8 +9,8 @@ A checkpoint is written into a temporary directory, fsynced, then renamed into p
 with a 10-digit name is always complete. Leftover temporary directories from a killed save are
 removed on the next start; a save that fails (a full disk, in whichever words the writer says it)
 removes its own and names the last good checkpoint. A tied tensor is stored once, under the same
-name on one process and on several (``models.weights.save_model``, which also reads the weights
-back); the RNG states a checkpoint holds are ``lmlab.rng``'s.
+name on one process and on several (``save_model``; ``models.weights`` reads them back, whichever
+name was stored); the RNG states a checkpoint holds are ``lmlab.rng``'s.
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import save_file
 from torch import nn
 
 from lmlab.errors import LmlabError, Problem
-from lmlab.models.weights import save_model
 from lmlab.rundir import (MODEL_FILE, OPTIMIZER_DIR, OPTIMIZER_FILE, STATE_FILE, TMP_PREFIX,
                           checkpoints_root, fix_for_damaged_checkpoint, latest_checkpoint,
                           step_checkpoints)
@@ -98,6 +98,25 @@ def _write_main_parts(tmp: Path, model: nn.Module, whole: dict | None, optimizer
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
     _fsync_tree(tmp)
+
+
+def save_model(model: nn.Module, filename: str, whole: dict | None = None) -> None:
+    """``model``'s weights (or ``whole``, its state gathered from FSDP shards) as safetensors, each
+    tied tensor once under its first name (``tok_embeddings.weight``), on every path.
+
+    Not safetensors' ``save_model``: that one picks which name of a tied tensor to keep by itself
+    (``output.weight`` for the transformer), so one-process and DDP checkpoints named it
+    differently from FSDP's and tied runs could not be loaded back."""
+    save_file(_untied(model.state_dict() if whole is None else whole, model), filename)
+
+
+def _untied(state: dict, model: nn.Module) -> dict:
+    """A state dict with each tied tensor once, under the first name ``named_parameters`` gives it."""
+    first = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        first.setdefault(id(param), name)
+    tied = {name for name, param in model.named_parameters(remove_duplicate=False) if first[id(param)] != name}
+    return {k: v.contiguous() for k, v in state.items() if k not in tied}
 
 
 # What the writers say when the disk cuts a write short: torch.save's zip writer reports ENOSPC

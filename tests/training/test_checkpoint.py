@@ -12,7 +12,6 @@ from safetensors import SafetensorError
 
 from lmlab import rundir
 from lmlab.errors import LmlabError
-from lmlab.models import weights
 from lmlab.training import checkpoint as ckpt
 
 
@@ -75,7 +74,7 @@ def _fsync_on_full_disk(directory):
 
 
 FULL_DISK = {"torch.save": (torch, "save", _torch_save_on_full_disk),
-             "safetensors": (weights, "save_file", _save_file_on_full_disk),
+             "safetensors": (ckpt, "save_file", _save_file_on_full_disk),
              "oserror": (ckpt, "_fsync_tree", _fsync_on_full_disk)}
 
 
