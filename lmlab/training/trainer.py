@@ -33,7 +33,7 @@ import torch
 from lmlab import rundir
 from lmlab.atomic import write_text
 from lmlab.data.documents import DataChanged
-from lmlab.data.pipeline import build_data
+from lmlab.data.pipeline import RunData, build_data
 from lmlab.data.prefetch import Prefetcher, read_ahead, stop_reading
 from lmlab.errors import LmlabError, Problem, show_warnings
 from lmlab.evaluation.at_checkpoints import HarnessAtCheckpoints, Outcome
@@ -47,9 +47,9 @@ from lmlab.training.distributed import SINGLE, Dist
 from lmlab.training.metrics import peak_memory_gib, throughput
 from lmlab.training.nonfinite import NonFiniteGuard
 from lmlab.training.optim import lr_at, set_lr, warmup_warnings
-from lmlab.training.parts import StepResult, build_parts
+from lmlab.training.parts import StepResult, TrainingParts, build_parts
 from lmlab.training.signals import PreemptionSignals
-from lmlab.training.sinks import NullSink, build_sinks, truncate_metrics
+from lmlab.training.sinks import MetricSinks, NullSink, build_sinks, truncate_metrics
 from lmlab.training.state import (Resume, TrainState, find_resume, publish_interrupted, restore,
                                   saved_state)
 
@@ -65,6 +65,16 @@ class Trainer:
     command knows (the config layer sits above training): ``argv`` for provenance.json, the
     ``resume_command`` the messages name, and the config as ``config_yaml`` writes it."""
 
+    # built by run(), in this order: what the loop trains on and with
+    data: RunData
+    parts: TrainingParts
+    state: TrainState
+    sink: MetricSinks | NullSink
+    guard: NonFiniteGuard
+    epoch_loss: torch.Tensor  # epoch mode: this epoch's training losses, summed on the device
+    harness: HarnessAtCheckpoints
+    preemption: PreemptionSignals  # while the loop runs
+
     def __init__(self, cfg, events: EventLog, d: Dist = SINGLE, *, argv: list[str],
                  resume_command: str, config_yaml: str):
         self.cfg, self.events, self.d = cfg, events, d
@@ -73,7 +83,6 @@ class Trainer:
         self.runtime = resolve_runtime(cfg.device, cfg.precision, d.local_rank)
         self.console = Console(cfg.logging.progress_bar, enabled=d.is_main)
         self.last_val: dict = {}
-        # run() builds the rest: data, parts, state, guard, sink, harness, epoch_loss, preemption
 
     @property
     def epoch_mode(self) -> bool:
@@ -159,7 +168,7 @@ class Trainer:
                                        device=self.runtime.device)
         self._say_model()
 
-    def _open_sink(self):
+    def _open_sink(self) -> MetricSinks | NullSink:
         """metrics.jsonl (+ W&B / TensorBoard) on rank 0; the other ranks log nowhere."""
         if not self.d.is_main:
             return NullSink()
