@@ -7,14 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from fakerun import write_fake_run
 from helpers import make_jsonl_root
+from lmlab.config import load_config
+from lmlab.evaluation.loading import load_for_eval, saved_config_file
+from lmlab.rundir import resolve_checkpoint
 
-# The system tier: modules whose tests start processes (torchrun, `python -m lmlab`, kill -9,
-# signals, SLURM). `python -m pytest -q -m "not system"` is the edit loop; README's command runs all.
-SYSTEM_MODULES = ("distributed/", "system/", "sweeps/test_local.py", "sweeps/test_slurm_array.py",
-                  "sweeps/test_real_slurm_array.py", "training/test_kill_resume.py",
-                  "training/test_faults.py", "training/test_run_lock.py")
+# Three tiers, one folder each: unit/ (no training run), integration/ (runs trained in this process),
+# system/ (what starts processes: torchrun, `python -m lmlab`, kill -9, signals, SLURM). The system
+# marker follows the folder, so `python -m pytest -q -m "not system"` is the edit loop and README's
+# plain command runs all three.
 TESTS = Path(__file__).parent
+SYSTEM_TIER = TESTS / "system"
 
 # A test run started in the background (`bash .ci/run &`, a CI runner without job control) has
 # SIGINT ignored, as bash sets it for `&` jobs, and every process it starts inherits that: the
@@ -26,8 +30,7 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
-        where = Path(str(item.fspath)).relative_to(TESTS).as_posix()
-        if where.startswith(SYSTEM_MODULES):
+        if SYSTEM_TIER in item.path.parents:
             item.add_marker(pytest.mark.system)
 
 
@@ -46,3 +49,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def make_fake_run():
+    """``make_fake_run(path, model_size=..., steps=20)``: see ``fakerun.write_fake_run``."""
+    return write_fake_run
+
+
+@pytest.fixture
+def fake_run(tmp_path) -> Path:
+    return write_fake_run(tmp_path / "fake")
+
+
+def load_run(path: str | Path, overrides: list[str] = (), device: str = "cpu"):
+    """A run or checkpoint directory loaded as ``lmlab eval`` / ``lmlab generate`` load it."""
+    checkpoint_dir, run_dir = resolve_checkpoint(path)
+    cfg = load_config(saved_config_file(checkpoint_dir, run_dir), list(overrides))
+    return load_for_eval(checkpoint_dir, run_dir, cfg, device)
+
+
+@pytest.fixture(scope="session")
+def load():
+    return load_run

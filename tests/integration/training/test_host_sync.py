@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides
+from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides
 from lmlab.cli import main
 from lmlab.data.loader import PackedLoader
 
-LMLAB = Path(__file__).resolve().parents[2] / "lmlab"
+LMLAB = REPO / "lmlab"
 READS = ("item", "tolist", "__float__", "__int__", "__bool__")
 
 

@@ -1,20 +1,15 @@
-"""Tiny random models for the evaluation tests (a peaked init, so argmax decisions are never near-ties),
-the uncached greedy reference decoder, and loading a run the way the apps do."""
+"""Tiny random models for the evaluation tests (a peaked init, so argmax decisions are never near-ties)
+and the uncached greedy reference decoder. Loading a trained run (``load``) is in tests/conftest.py."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import toy_texts
-from lmlab.config import load_config
 from lmlab.data.tokenizers import ByteTokenizer, WordTokenizer
 from lmlab.evaluation.generation import greedy_reference
-from lmlab.evaluation.loading import LoadedRun, load_for_eval, saved_config_file
 from lmlab.models.context_vector import ContextVectorConfig, ContextVectorLM
 from lmlab.models.transformer import Transformer, TransformerConfig
-from lmlab.rundir import resolve_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -25,18 +20,6 @@ def _one_thread(one_thread):
 @pytest.fixture(scope="session")
 def greedy_uncached():
     return greedy_reference
-
-
-def load_run(path: str | Path, overrides: list[str] = (), device: str = "cpu") -> LoadedRun:
-    """A run or checkpoint directory loaded as ``lmlab eval`` / ``lmlab generate`` load it."""
-    checkpoint_dir, run_dir = resolve_checkpoint(path)
-    cfg = load_config(saved_config_file(checkpoint_dir, run_dir), list(overrides))
-    return load_for_eval(checkpoint_dir, run_dir, cfg, device)
-
-
-@pytest.fixture(scope="session")
-def load():
-    return load_run
 
 
 def _peaked(model, std: float):
