@@ -1,8 +1,9 @@
-"""The machinery of the bad-input tables (tests/test_bad_inputs*.py): a tiny real run to damage,
-fresh copies of it per case, the "nothing lost" snapshot, and the checks every case makes: the
+"""The machinery of the bad-input tables (tests/integration/test_bad_inputs*.py): a tiny real run to
+damage (the session's ``trained_run("transformer")``), fresh copies of it per case, the "nothing lost" snapshot, and the checks every case makes: the
 promised exit code, no traceback, the culprit and the fix in the message."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -13,31 +14,26 @@ from typing import Callable
 
 import pytest
 
-from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, make_jsonl_root, write_jsonl
+from helpers import CONFIGS, RECIPES, copy_run, write_jsonl
 from lmlab.cli import main
 
 DEBUG = str(CONFIGS / "debug.yaml")
-BASE_STEPS = ["steps=6", "checkpoint.every=3", "checkpoint.keep=0"]
+BASE = RECIPES["transformer"]  # 6 steps, checkpoints 3 and 6 kept
 DURATIONS: dict[str, float] = {}
 
 
 def train_argv(data: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", DEBUG, *TINY_TRANSFORMER, *data_overrides(data), *BASE_STEPS, f"dump_dir={run}",
-            *extra]
+    """The base run's command on ``data`` into ``run``, plus ``extra``."""
+    return BASE.argv(run, data, *extra)
 
 
-def build_base(root: Path) -> dict[str, Path]:
-    """One tiny real run, trained once: ``finished`` (checkpoints 3, 6 and final) and ``resumable``,
-    the same run as a run killed after its step-3 checkpoint leaves it (resuming trains 4..6)."""
-    data = make_jsonl_root(root / "data")
-    finished = root / "finished"
-    assert main(train_argv(data, finished)) == 0
-    resumable = root / "resumable"
-    shutil.copytree(finished, resumable)
+def build_base(finished: Path, data: Path, root: Path) -> dict[str, Path]:
+    """The base run, trained once a session on ``data``: ``finished`` (checkpoints 3, 6 and final) and
+    ``resumable``, the same run as a run killed after its step-3 checkpoint leaves it (resuming trains
+    4..6). Every case works on fresh copies of these (Ctx), never on them."""
+    resumable = copy_run(finished, root / "resumable")
     for name in ("0000000006", "final"):
         shutil.rmtree(resumable / "checkpoints" / name)
-    config = resumable / "config.yaml"
-    config.write_text(config.read_text().replace(str(finished), str(resumable)))
     metrics = resumable / "metrics.jsonl"
     metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
                                if json.loads(line).get("step", 0) <= 3))
@@ -54,12 +50,8 @@ class Ctx:
     watched: list[Path] = field(default_factory=list)  # directories checked for "nothing lost"
 
     def _copy(self, name: str) -> Path:
-        """A copy of a base run whose config.yaml names the copy, so the base run's own command,
-        aimed at the copy, is "the same command" (resuming rewrites config.yaml identically)."""
-        target = self.tmp / name
-        shutil.copytree(self.base[name], target)
-        config = target / "config.yaml"
-        config.write_text(config.read_text().replace(str(self.base[name]), str(target)))
+        """A copy of a base run (copy_run: the base run's own command, aimed at it, is "the same command")."""
+        target = copy_run(self.base[name], self.tmp / name)
         self.watched.append(target)
         return target
 
@@ -191,3 +183,23 @@ def run_case(case: Case, base: dict[str, Path], tmp_path: Path, monkeypatch, cap
     assert_nothing_lost(before, case.rewrites)
     assert snapshot([base["data"]]) == data_before  # the shared data is never touched
     return Outcome(ctx, argv, code, out, before)
+
+
+def durations_reporter(title: str, cases: list[Case]):
+    """A module fixture printing, once the module's cases ran, how long each took (measured, never
+    asserted: tests never assert timings; ``pytest --durations=0`` shows the same)."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def _report_durations(request):
+        yield
+        mine = {c.id: DURATIONS[c.id] for c in cases if c.id in DURATIONS}
+        if not mine:
+            return
+        lines = [f"  {name:<36} {seconds:6.2f} s" for name, seconds in sorted(mine.items(), key=lambda kv: -kv[1])]
+        text = f"\n{title} (measured, not asserted):\n" + "\n".join(lines)
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            (reporter.write_line if reporter is not None else print)(text)
+
+    return _report_durations

@@ -1,14 +1,17 @@
 """Shared fixtures (plain helpers live in tests/helpers.py)."""
 from __future__ import annotations
 
+import contextlib
 import signal
 from pathlib import Path
 
 import pytest
 import torch
 
+from badinput import build_base
 from fakerun import write_fake_run
-from helpers import make_jsonl_root
+from helpers import RECIPES, make_jsonl_root
+from lmlab.cli import main
 from lmlab.config import load_config
 from lmlab.evaluation.loading import load_for_eval, saved_config_file
 from lmlab.rundir import resolve_checkpoint
@@ -40,15 +43,51 @@ def jsonl_root(tmp_path: Path) -> Path:
     return make_jsonl_root(tmp_path / "data")
 
 
-@pytest.fixture(scope="module")
-def one_thread():
+@contextlib.contextmanager
+def single_thread():
     """Tiny models on a busy 2-core machine: a second intra-op thread buys nothing, and its
-    spin-waiting made small forwards many times slower. Modules opt in with
-    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    spin-waiting made small forwards many times slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """A module on one thread (``single_thread``). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    with single_thread():
+        yield
+
+
+# --------------------------------------------------------------------------- trained runs
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """The toy corpus (``make_jsonl_root``) the recipes of helpers.RECIPES train on; never written to."""
+    return make_jsonl_root(tmp_path_factory.mktemp("corpus") / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_corpus):
+    """``trained_run(name)``: the finished run of ``RECIPES[name]``, trained once a session (in this
+    process, on one thread, as every run it is compared with). Tests read it; a test that changes
+    a run works on ``copy_run(trained_run(name), ...)``."""
+    root = tmp_path_factory.mktemp("trained")
+    runs: dict[str, Path] = {}
+
+    def trained(name: str) -> Path:
+        if name not in runs:
+            with single_thread():
+                assert main(RECIPES[name].argv(root / name, tiny_corpus)) == 0, name
+            runs[name] = root / name
+        return runs[name]
+
+    return trained
 
 
 @pytest.fixture
@@ -60,6 +99,12 @@ def make_fake_run():
 @pytest.fixture
 def fake_run(tmp_path) -> Path:
     return write_fake_run(tmp_path / "fake")
+
+
+@pytest.fixture(scope="session")
+def bad_input_base(trained_run, tiny_corpus, tmp_path_factory) -> dict[str, Path]:
+    """What the bad-input tables damage copies of (badinput.build_base), made once a session."""
+    return build_base(trained_run("transformer"), tiny_corpus, tmp_path_factory.mktemp("bad_inputs"))
 
 
 def load_run(path: str | Path, overrides: list[str] = (), device: str = "cpu"):

@@ -10,7 +10,6 @@ never assert timings); ``pytest --durations=0`` shows the same.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 from pathlib import Path
@@ -18,15 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from badinput import (DURATIONS, Case, Ctx, assert_nothing_lost, bad_line_argv, build_base, check_outcome,
+from badinput import (Case, Ctx, assert_nothing_lost, bad_line_argv, check_outcome, durations_reporter,
                       prepare, run_case, snapshot, train_argv, truncate, with_files, yaml_file)
 from helpers import run_lmlab
 from lmlab.cli import main
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> dict[str, Path]:
-    return build_base(tmp_path_factory.mktemp("bad_inputs"))
-
 
 # --------------------------------------------------------------------------- the table
 # Each row: id, setup(ctx) -> argv, expected substrings of the message ({run}, {data}, {tmp},
@@ -196,22 +190,12 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report_durations(request):
-    yield
-    if DURATIONS:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"  {name:<36} {seconds:6.2f} s" for name, seconds in
-                 sorted(DURATIONS.items(), key=lambda kv: -kv[1])]
-        text = "\nbad-input case durations (measured, not asserted):\n" + "\n".join(lines)
-        capture = request.config.pluginmanager.get_plugin("capturemanager")
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            (reporter.write_line if reporter is not None else print)(text)
+_report_durations = durations_reporter("bad-input case durations", CASES)
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
-def test_bad_input(case: Case, base, tmp_path, monkeypatch, capsys):
-    result = run_case(case, base, tmp_path, monkeypatch, capsys)
+def test_bad_input(case: Case, bad_input_base, tmp_path, monkeypatch, capsys):
+    result = run_case(case, bad_input_base, tmp_path, monkeypatch, capsys)
     if case.id == "resume_finished_run":  # nothing trained, only the event log grew
         grown = {p for p, old in result.before.items() if p.read_bytes() != old}
         assert {p.name for p in grown} <= {"events.jsonl"}
@@ -226,9 +210,9 @@ REAL_CLI = ["malformed_json_line", "checkpoint_of_another_shape"]  # a mid-train
 
 
 @pytest.mark.parametrize("case_id", REAL_CLI)
-def test_real_command_line_shows_no_traceback(case_id, base, tmp_path, monkeypatch):
+def test_real_command_line_shows_no_traceback(case_id, bad_input_base, tmp_path, monkeypatch):
     case = next(c for c in CASES if c.id == case_id)
-    ctx, argv, expected = prepare(case, base, tmp_path, monkeypatch)
+    ctx, argv, expected = prepare(case, bad_input_base, tmp_path, monkeypatch)
     before = snapshot(ctx.watched)
     out = run_lmlab(*argv, timeout=120)
     check_outcome(case, out.returncode, out.stdout, out.stderr, expected)

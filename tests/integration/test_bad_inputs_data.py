@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from badinput import BASE_STEPS, DEBUG, Case, Ctx, build_base, run_case, train_argv
-from helpers import TINY_TRANSFORMER, make_wikitext_dir, toy_texts
+from badinput import DEBUG, Case, Ctx, run_case, train_argv
+from helpers import SIX_STEPS, TINY_TRANSFORMER, make_wikitext_dir, toy_texts
 from lmlab import rundir
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> dict[str, Path]:
-    return build_base(tmp_path_factory.mktemp("bad_inputs_data"))
 
 
 def lines(*texts) -> bytes:
@@ -46,7 +41,7 @@ def check_data(ctx: Ctx, root: Path, *extra: str) -> list[str]:
 
 def text_run(ctx: Ctx, train: Path, val: Path, *extra: str) -> list[str]:
     return ["train", DEBUG, *TINY_TRANSFORMER, "data.source=text", f"data.path={train}",
-            f"data.val_path={val}", *BASE_STEPS, f"dump_dir={ctx.tmp / 'newrun'}", *extra]
+            f"data.val_path={val}", *SIX_STEPS, f"dump_dir={ctx.tmp / 'newrun'}", *extra]
 
 
 def text_folder(ctx: Ctx, val_text: str = "validation text " * 40) -> Path:
@@ -70,7 +65,7 @@ def wikitext_run(ctx: Ctx, train_split: str, val_split: str) -> list[str]:
     folder = make_wikitext_dir(ctx.tmp / "wt")
     return ["train", DEBUG, *TINY_TRANSFORMER, "data.source=wikitext2", f"data.path={folder}",
             f"data.train_split={train_split}", f"data.val_split={val_split}", "data.tokenizer.name=word",
-            "data.tokenizer.vocab_size=300", *BASE_STEPS, f"dump_dir={ctx.tmp / 'newrun'}"]
+            "data.tokenizer.vocab_size=300", *SIX_STEPS, f"dump_dir={ctx.tmp / 'newrun'}"]
 
 
 S_CHUNK = "{tmp}/newdata/s/s.chunk.00.jsonl"
@@ -132,8 +127,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
-def test_bad_data(case: Case, base, tmp_path, monkeypatch, capsys):
-    result = run_case(case, base, tmp_path, monkeypatch, capsys)
+def test_bad_data(case: Case, bad_input_base, tmp_path, monkeypatch, capsys):
+    result = run_case(case, bad_input_base, tmp_path, monkeypatch, capsys)
     run = tmp_path / "newrun"
     if case.id == "bad_record_within_budget":  # recorded as an event, file and line
         events = rundir.read_jsonl(run / rundir.EVENTS_FILE)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from badinput import Case, Ctx, build_base, run_case, snapshot, train_argv
+from badinput import Case, Ctx, run_case, snapshot, train_argv
 from lmlab import rundir
 from lmlab.runlock import RunLock
 
@@ -20,11 +20,6 @@ HELD: list[RunLock] = []  # locks a case's setup holds, released after the case
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> dict[str, Path]:
-    return build_base(tmp_path_factory.mktemp("bad_inputs_runs"))
 
 
 @pytest.fixture(autouse=True)
@@ -91,15 +86,15 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
-def test_bad_run_dir(case: Case, base, tmp_path, monkeypatch, capsys):
-    result = run_case(case, base, tmp_path, monkeypatch, capsys)
+def test_bad_run_dir(case: Case, bad_input_base, tmp_path, monkeypatch, capsys):
+    result = run_case(case, bad_input_base, tmp_path, monkeypatch, capsys)
     if case.code == 2:  # refused before writing anything: every watched file as it was
         assert snapshot(result.ctx.watched) == result.before
     if case.id == "empty_dump_dir":
         assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["config.yaml", "notes.txt"]
     if case.id == "run_locked_by_a_live_process":
         events = (result.ctx.run / rundir.EVENTS_FILE).read_text()
-        assert events == (base["resumable"] / rundir.EVENTS_FILE).read_text()  # no run_start of its own
+        assert events == (bad_input_base["resumable"] / rundir.EVENTS_FILE).read_text()  # no run_start of its own
     if case.code == 0:
         assert (tmp_path / ("job" if "slurm" in case.id else "resumable") / rundir.RUN_MARKER).is_file()
         assert (result.ctx.watched[0] / rundir.LOCK_FILE).read_bytes() == b""  # released cleanly

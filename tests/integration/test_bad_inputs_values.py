@@ -13,7 +13,6 @@ checks the same behaviour on a real read-only bind mount, in a private mount nam
 from __future__ import annotations
 
 import builtins
-import contextlib
 import errno
 import io
 import json
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import lmlab.apps.evaluate
-from badinput import (DURATIONS, Case, Ctx, build_base, run_case, train_argv, yaml_file)
+from badinput import Case, Ctx, durations_reporter, run_case, train_argv, yaml_file
 from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab
 from lmlab.cli import main
 from lmlab.preflight import load_and_check
@@ -34,11 +33,6 @@ CONTEXT = 128  # data.seq_len of the base run, so its transformer's context
 PROMPT = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was "
           "the age of foolishness, it was the epoch of belief. ")
 _WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> dict[str, Path]:
-    return build_base(tmp_path_factory.mktemp("bad_inputs_values"))
 
 
 def read_only(ctx: Ctx, *folders: Path) -> None:
@@ -175,23 +169,12 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report_durations(request):
-    yield
-    mine = {c.id: DURATIONS[c.id] for c in CASES if c.id in DURATIONS}
-    if mine:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"  {name:<36} {seconds:6.2f} s" for name, seconds in
-                 sorted(mine.items(), key=lambda kv: -kv[1])]
-        text = "\nbad-value case durations (measured, not asserted):\n" + "\n".join(lines)
-        capture = request.config.pluginmanager.get_plugin("capturemanager")
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            (reporter.write_line if reporter is not None else print)(text)
+_report_durations = durations_reporter("bad-value case durations", CASES)
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
-def test_bad_value(case: Case, base, tmp_path, monkeypatch, capsys):
-    result = run_case(case, base, tmp_path, monkeypatch, capsys)
+def test_bad_value(case: Case, bad_input_base, tmp_path, monkeypatch, capsys):
+    result = run_case(case, bad_input_base, tmp_path, monkeypatch, capsys)
     finished = tmp_path / "finished"
     if case.id in ("eval_out_dir", "report_out_dir"):  # nothing new in the read-only run either
         assert set(result.before) == {p for p in finished.rglob("*") if p.is_file()}
@@ -217,12 +200,12 @@ def test_the_table_covers_the_issue():
 # --------------------------------------------------------------------------- beyond the table
 
 
-def test_a_non_finite_weight_is_the_only_problem_reported(base, tmp_path):
+def test_a_non_finite_weight_is_the_only_problem_reported(bad_input_base, tmp_path):
     """The invalid mapping falls back to its default (no sources); that default's own problem
     ("data.sources: no sources given") would only mislead, so it is not added."""
     from lmlab.errors import ConfigError
 
-    args = [*TINY_TRANSFORMER, *data_overrides(base["data"]), f"dump_dir={tmp_path / 'r'}"]
+    args = [*TINY_TRANSFORMER, *data_overrides(bad_input_base["data"]), f"dump_dir={tmp_path / 'r'}"]
     with pytest.raises(ConfigError) as caught:
         load_and_check(CONFIGS / "debug.yaml", [*args, "data.sources={alpha: .nan, beta: .inf}"])
     assert [p.key for p in caught.value.problems] == ["data.sources.alpha", "data.sources.beta"]
@@ -242,10 +225,10 @@ def sharpen(run: Path) -> None:
         save_file({k: v * 15 if v.ndim > 1 else v for k, v in tensors.items()}, str(weights), meta)
 
 
-def test_generate_beyond_the_context_keeps_each_prompt(base, tmp_path, monkeypatch, capsys):
+def test_generate_beyond_the_context_keeps_each_prompt(bad_input_base, tmp_path, monkeypatch, capsys):
     """Two prompts that end alike but differ in their last 96 tokens: cut to their last token (the
     old behaviour, BOS dropped) they gave the same output; now each keeps BOS and its own end."""
-    ctx = Ctx(base, tmp_path, monkeypatch)
+    ctx = Ctx(bad_input_base, tmp_path, monkeypatch)
     sharpen(ctx.finished)
     outputs = []
     for prompt in (PROMPT + "In short, the period was so far like the present.",
@@ -258,8 +241,8 @@ def test_generate_beyond_the_context_keeps_each_prompt(base, tmp_path, monkeypat
     assert outputs[0] != outputs[1]
 
 
-def test_generate_with_a_prompt_that_fits_says_only_the_cap(base, tmp_path, monkeypatch, capsys):
-    ctx = Ctx(base, tmp_path, monkeypatch)
+def test_generate_with_a_prompt_that_fits_says_only_the_cap(bad_input_base, tmp_path, monkeypatch, capsys):
+    ctx = Ctx(bad_input_base, tmp_path, monkeypatch)
     assert main(setup_generate(ctx, "Hello")) == 0
     err = capsys.readouterr().err
     assert err.count("warning") == 1
@@ -278,13 +261,13 @@ def _unshare_available() -> bool:
     return probe.returncode == 0
 
 
-def test_a_really_read_only_run_directory(base, tmp_path):
+def test_a_really_read_only_run_directory(bad_input_base, tmp_path):
     """``lmlab eval`` and ``lmlab report`` on a real read-only bind mount of a run: refused before
     any work with the --out fix, then done with --out; the run's files are untouched."""
     if not _unshare_available():
         pytest.skip("no private mount namespace (unshare -m) on this machine")
     run = tmp_path / "run"
-    shutil.copytree(base["finished"], run)
+    shutil.copytree(bad_input_base["finished"], run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     out = tmp_path / "out"
     commands = [["eval", str(run), "--quiet"], ["eval", str(run), "--quiet", "--out", str(out)],

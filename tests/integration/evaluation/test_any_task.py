@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, SHARED_DATA, TINY_TRANSFORMER, data_overrides, make_jsonl_root
+from helpers import SHARED_DATA, copy_run
 from lmlab.cli import main
 from lmlab.evaluation import catalog
 from lmlab.evaluation.config import EvalConfig, TaskSetting, check, task_settings
@@ -104,13 +104,9 @@ doc_to_target: label
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("any_task")
-    run = root / "run"
-    tiny = [*TINY_TRANSFORMER, "data.seq_len=64", "steps=3", "optim.warmup=0", "checkpoint.every=3", "eval.validation.every=3"]
-    data = data_overrides(make_jsonl_root(root / "data"))
-    assert main(["train", str(CONFIGS / "debug.yaml"), *tiny, *data, f"dump_dir={run}"]) == 0
-    return run
+def tiny_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of the session's tiny transformer run: evaluating it writes its results into it."""
+    return copy_run(trained_run("transformer"), tmp_path_factory.mktemp("any_task") / "run")
 
 
 def test_per_task_entries_take_the_eval_defaults():

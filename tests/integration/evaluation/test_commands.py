@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, SHARED_DATA, TINY_TRANSFORMER, data_overrides, write_piqa
+from helpers import CONFIGS, SHARED_DATA, TINY_TRANSFORMER, copy_run, data_overrides, write_piqa
 from lmlab.cli import main
 from lmlab.evaluation.generation import generate
 from lmlab.reports.status import read_events, run_status
@@ -22,18 +22,10 @@ def train(run: Path, root: Path, *extra: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, request) -> Path:
-    jsonl_root = request.getfixturevalue("jsonl_root_module")
-    run = tmp_path_factory.mktemp("eval_cmd") / "run"
-    assert train(run, jsonl_root) == 0
-    return run
-
-
-@pytest.fixture(scope="module")
-def jsonl_root_module(tmp_path_factory) -> Path:
-    from helpers import make_jsonl_root
-
-    return make_jsonl_root(tmp_path_factory.mktemp("jsonl"))
+def trained(trained_run, tmp_path_factory) -> Path:
+    """A copy of the session's tiny transformer run (6 steps, checkpoints 3 and 6): evaluating it
+    writes its results into it."""
+    return copy_run(trained_run("transformer"), tmp_path_factory.mktemp("eval_cmd") / "run")
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data (piqa, hellaswag, nq_open)")

@@ -8,32 +8,29 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import CONFIGS
-from lmlab.cli import main
+from helpers import copy_run
 from lmlab.errors import LmlabError
 from lmlab.evaluation.config import EvalConfig
 from lmlab.evaluation.results import write_results
 from lmlab.evaluation.runner import run_evaluation
 from lmlab.models.transformer import Transformer
 
-TINY = ["steps=4", "model.dim=32", "model.n_layers=1", "model.n_heads=2", "model.multiple_of=16",
-        "data.seq_len=32", "data.batch_size=2", "eval.validation.max_steps=1"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("evalrun") / "run"
-    assert main(["train", str(CONFIGS / "quickstart.yaml"), f"dump_dir={run}", *TINY]) == 0
-    return run
+def run_dir(trained_run, tmp_path_factory) -> Path:
+    """A copy of the session's tiny quickstart run (12 steps, checkpoints 6 and 12; context 32, one
+    validation batch of 2): writing results writes into it."""
+    return copy_run(trained_run("quickstart"), tmp_path_factory.mktemp("evalrun") / "run")
 
 
 def test_run_dir_loads_final_checkpoint(run_dir, load):
     loaded = load(run_dir)
     assert isinstance(loaded.model, Transformer) and not loaded.model.training
     assert loaded.checkpoint_dir == run_dir / "checkpoints" / "final"
-    assert loaded.step == 4 and loaded.run_dir == run_dir
+    assert loaded.step == 12 and loaded.run_dir == run_dir
     assert loaded.model.max_seq_len == 32 and loaded.tokenizer.vocab_size == 258
-    step_dir = run_dir / "checkpoints" / "0000000004"
+    step_dir = run_dir / "checkpoints" / "0000000012"
     same = load(step_dir)
     assert same.run_dir == run_dir and same.checkpoint_dir == step_dir
     tokens = torch.tensor([[256, 72, 105]])
@@ -45,7 +42,7 @@ def test_newest_step_checkpoint_without_final(run_dir, tmp_path, load):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     shutil.rmtree(copy / "checkpoints" / "final")
-    assert load(copy).checkpoint_dir.name == "0000000004"
+    assert load(copy).checkpoint_dir.name == "0000000012"
 
 
 def test_clear_errors_for_missing_pieces(run_dir, tmp_path, load):
@@ -81,5 +78,5 @@ def test_validation_rows_and_written_results(run_dir, load):
     write_results(rows[:1], loaded.checkpoint_dir, run_dir, loaded.step)  # replaces, never duplicates
     assert len(json.loads(path.read_text())["results"]) == 4
     lines = [json.loads(x) for x in (run_dir / "metrics.eval.jsonl").read_text().splitlines()]
-    assert len(lines) == 5 and lines[0]["step"] == 4
+    assert len(lines) == 5 and lines[0]["step"] == 12
     assert set(lines[0]) >= {"step", "task", "metric", "value", "stderr", "n", "seconds"}

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, SHARED_DATA
+from helpers import SHARED_DATA, copy_run
 from lmlab.apps import evaluate as evaluate_app
-from lmlab.cli import main
 from lmlab.data import wikitext
 from lmlab.data.tokenizers import WordTokenizer
 from lmlab.rundir import EVAL_RESULTS_FILE, METRICS_FILE, read_json, read_jsonl, resolve_checkpoint
@@ -17,18 +16,12 @@ from lmlab.rundir import EVAL_RESULTS_FILE, METRICS_FILE, read_json, read_jsonl,
 WIKITEXT = SHARED_DATA / "wikitext-2"
 pytestmark = pytest.mark.skipif(not all((WIKITEXT / f"{s}.txt").is_file() for s in ("test", "valid")),
                                 reason="../shared/data/wikitext-2 (test.txt, valid.txt) not present")
-# The test split stands in for the train split (the train split is not bundled); a tiny model.
-TINY_WIKITEXT = [f"data.path={WIKITEXT}", "data.train_split=test", "data.val_split=valid",
-                 "data.batch_size=512", "epochs=1", "model.embed_dim=16", "model.hidden_dim=32",
-                 "model.n_layers=1", "model.context_dim=16", "eval.validation.max_steps=2",
-                 "precision=fp32", "device=cpu", "logging.every=1"]
 
 
 @pytest.fixture(scope="module")
-def wikitext_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("wikitext_eval") / "run"
-    assert main(["train", str(CONFIGS / "newllm_wikitext2.yaml"), *TINY_WIKITEXT, f"dump_dir={run}"]) == 0
-    return run
+def wikitext_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of the session's tiny WikiText-2 run: evaluating it writes its results into it."""
+    return copy_run(trained_run("wikitext"), tmp_path_factory.mktemp("wikitext_eval") / "run")
 
 
 def test_eval_reads_and_tokenizes_only_the_validation_split(wikitext_run, monkeypatch, capsys):

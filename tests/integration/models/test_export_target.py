@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, make_jsonl_root
+from helpers import copy_run
 from lmlab.apps.export import EXPORT_MARKER
 from lmlab.cli import main
 
@@ -21,14 +21,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """``runs/a`` (trained 2 steps) and ``runs/b`` (a copy of it: another run)."""
-    root = tmp_path_factory.mktemp("export_target")
-    data = make_jsonl_root(root / "data")
-    assert main(["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(data), "steps=2",
-                 "checkpoint.every=2", "data.seq_len=64", f"dump_dir={root / 'runs' / 'a'}"]) == 0
-    shutil.copytree(root / "runs" / "a", root / "runs" / "b")
-    return root / "runs"
+def runs(trained_run, tmp_path_factory) -> Path:
+    """``runs/a`` and ``runs/b``: two copies of the session's tiny transformer run (two runs)."""
+    runs = tmp_path_factory.mktemp("export_target") / "runs"
+    for name in ("a", "b"):
+        copy_run(trained_run("transformer"), runs / name)
+    return runs
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

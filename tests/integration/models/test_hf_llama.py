@@ -72,15 +72,11 @@ def test_hf_tokenizer_gives_lmlab_ids(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained_export(tmp_path_factory):
+def trained_export(trained_run, tmp_path_factory):
     """A few quickstart steps, exported with ``lmlab export``. Positions up to 1024, so that every
     piqa request fits one window (lm-eval's HFLM refuses a continuation longer than the context;
     lmlab's adapter would score it in windows, and the two would not be comparable)."""
-    root = tmp_path_factory.mktemp("export")
-    run, out = root / "run", root / "hf"
-    assert main(["train", str(CONFIGS / "quickstart.yaml"), f"dump_dir={run}", "steps=8", "model.dim=64", "model.max_seq_len=1024",
-                 "model.n_layers=2", "data.batch_size=4", "logging.every=4", "checkpoint.every=8",
-                 "eval.validation.max_steps=2"]) == 0
+    run, out = trained_run("quickstart_long_context"), tmp_path_factory.mktemp("export") / "hf"
     assert main(["export", str(run), "--format", "hf", "--out", str(out)]) == 0
     return run, out
 

@@ -15,47 +15,28 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, make_jsonl_root
+from helpers import RECIPES, untimed_metrics
 from lmlab.cli import main
-from lmlab.config import load_config
 from lmlab.evaluation.generation import greedy_reference
-from lmlab.evaluation.loading import load_for_eval, saved_config_file
 from lmlab.models.transformer import Transformer, TransformerConfig
 from lmlab.models.weights import load_model_weights
-from lmlab.rundir import (CHECKPOINTS_DIR, EVAL_RESULTS_FILE, METRICS_FILE, read_json, read_jsonl,
-                          resolve_checkpoint)
+from lmlab.rundir import CHECKPOINTS_DIR, EVAL_RESULTS_FILE, METRICS_FILE, read_json, read_jsonl
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-TIED = [*TINY_TRANSFORMER, "data.seq_len=64", "steps=6", "checkpoint.every=3",
-        "eval.validation.every=3", "model.weight_tying=true"]
-TIMING = {"tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib"}
-
-
-def train(run: Path, root: Path, *extra: str) -> int:
-    return main(["train", str(CONFIGS / "debug.yaml"), *TIED, *data_overrides(root), f"dump_dir={run}", *extra])
+pytestmark = pytest.mark.usefixtures("one_thread")  # as trained_run trains: bitwise comparable
 
 
 @pytest.fixture(scope="module")
-def tied_runs(tmp_path_factory) -> tuple[Path, Path]:
-    """The same tied run straight through, and stopped at step 3 then resumed."""
-    root = make_jsonl_root(tmp_path_factory.mktemp("tied_data"))
-    folder = tmp_path_factory.mktemp("tied")
-    straight, resumed = folder / "straight", folder / "resumed"
-    assert train(straight, root) == 0
-    assert train(resumed, root, "training.stop_at=3") == 0
-    assert train(resumed, root) == 0
-    return straight, resumed
-
-
-def loaded(run: Path):
-    checkpoint, run_dir = resolve_checkpoint(run)
-    return load_for_eval(checkpoint, run_dir, load_config(saved_config_file(checkpoint, run_dir)))
+def tied_runs(trained_run, tiny_corpus, tmp_path_factory) -> tuple[Path, Path]:
+    """The same tied run straight through (the session's), and stopped at step 3 then resumed."""
+    resumed = tmp_path_factory.mktemp("tied") / "resumed"
+    assert main(RECIPES["tied"].argv(resumed, tiny_corpus, "training.stop_at=3")) == 0
+    assert main(RECIPES["tied"].argv(resumed, tiny_corpus)) == 0
+    return trained_run("tied"), resumed
 
 
 def test_a_tied_run_resumes_as_if_uninterrupted(tied_runs):
     straight, resumed = tied_runs
-    metrics = [[{k: v for k, v in m.items() if k not in TIMING} for m in read_jsonl(r / METRICS_FILE)]
-               for r in (straight, resumed)]
+    metrics = [untimed_metrics(r) for r in (straight, resumed)]
     assert metrics[0] == metrics[1] and metrics[0][-1]["step"] == 6
     saved = load_file(str(resumed / CHECKPOINTS_DIR / "final" / "model.safetensors"))
     assert "tok_embeddings.weight" in saved and "output.weight" not in saved  # once, FSDP's name
@@ -63,14 +44,14 @@ def test_a_tied_run_resumes_as_if_uninterrupted(tied_runs):
         torch.testing.assert_close(saved[name], tensor)
 
 
-def test_a_tied_run_evaluates_and_generates(tied_runs, tmp_path, capsys):
+def test_a_tied_run_evaluates_and_generates(tied_runs, tmp_path, capsys, load):
     run, _ = tied_runs
     assert main(["eval", str(run), "--quiet", "--out", str(tmp_path)]) == 0
     rows = [r for r in read_json(tmp_path / EVAL_RESULTS_FILE)["results"] if r["task"] == "validation"]
     logged = [m for m in read_jsonl(run / METRICS_FILE) if "val/loss" in m][-1]
     assert {r["metric"]: r["value"] for r in rows}["loss"] == pytest.approx(logged["val/loss"], rel=1e-5)
     capsys.readouterr()
-    model = loaded(run)
+    model = load(run)
     prompt = "the cat"
     ids = greedy_reference(model.model, [model.tokenizer.bos_id, *model.tokenizer.encode(prompt)], 8)
     assert main(["generate", str(run), "--prompt", prompt, "--max-tokens", "8", "--temperature", "0"]) == 0
@@ -79,7 +60,7 @@ def test_a_tied_run_evaluates_and_generates(tied_runs, tmp_path, capsys):
     assert capsys.readouterr().out.rstrip("\n") == prompt + text
 
 
-def test_a_tied_run_exports_a_tied_llama_with_the_same_logits(tied_runs, tmp_path):
+def test_a_tied_run_exports_a_tied_llama_with_the_same_logits(tied_runs, tmp_path, load):
     transformers = pytest.importorskip("transformers")
     run, out = tied_runs[0], tmp_path / "hf"
     assert main(["export", str(run), "--out", str(out)]) == 0
@@ -89,7 +70,7 @@ def test_a_tied_run_exports_a_tied_llama_with_the_same_logits(tied_runs, tmp_pat
     assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
     tokens = torch.randint(0, 258, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert (hf(tokens).logits - loaded(run).model(tokens)).abs().max().item() <= 1e-4
+        assert (hf(tokens).logits - load(run).model(tokens)).abs().max().item() <= 1e-4
 
 
 def tied_model(seed: int) -> Transformer:

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import CONFIGS
+from helpers import CONFIGS, assert_valid_png
 from lmlab import rundir, sweepdir
 from lmlab.cli import main
 from lmlab.reports.scaling import describe, fit_power_law
 from lmlab.sweeps.spec import load_spec
 from lmlab.sweeps.trials import expand
 
-PNG = b"\x89PNG\r\n\x1a\n"
 E, A, ALPHA = 1.6, 40.0, 0.35
 
 
@@ -75,15 +74,6 @@ scaling: {{x: params, predict: [1.0e8]}}
     return spec_file, tmp_path / "sweep"
 
 
-def valid_png(path: Path) -> None:
-    from PIL import Image
-
-    assert path.read_bytes()[:8] == PNG, path
-    with Image.open(path) as image:
-        image.verify()
-        assert image.size[0] > 100 and image.size[1] > 100
-
-
 def test_a_finished_size_sweep_prints_the_exponent_with_an_interval(size_sweep, capsys):
     spec_file, sweep = size_sweep
     assert main(["sweep", str(spec_file)]) == 0
@@ -98,7 +88,7 @@ def test_a_finished_size_sweep_prints_the_exponent_with_an_interval(size_sweep, 
                  "(95% interval"):
         assert part in report, part
     for name in ("axis-model.dim.png", "top-k-loss.png", "scaling.png"):
-        valid_png(sweep / "plots" / name)
+        assert_valid_png(sweep / "plots" / name)
     assert main(["report", str(sweep), "--format", "html"]) == 0
     html = (sweep / "report.html").read_text()
     assert "<table>" in html and '<img src="plots/scaling.png"' in html
