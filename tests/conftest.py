@@ -10,7 +10,7 @@ import torch
 
 from badinput import build_base
 from fakerun import write_fake_run
-from helpers import RECIPES, make_jsonl_root
+from helpers import RECIPES, make_jsonl_root, make_wikitext_dir
 from lmlab.cli import main
 from lmlab.config import load_config
 from lmlab.evaluation.loading import load_for_eval, saved_config_file
@@ -43,6 +43,13 @@ def jsonl_root(tmp_path: Path) -> Path:
     return make_jsonl_root(tmp_path / "data")
 
 
+@pytest.fixture
+def wikitext_dir(tmp_path: Path) -> Path:
+    """A toy corpus in the tokenized WikiText-2 file layout (train.txt, valid.txt): 8 steps an epoch
+    of TINY_CONTEXT_VECTOR."""
+    return make_wikitext_dir(tmp_path / "wikitext")
+
+
 @contextlib.contextmanager
 def single_thread():
     """Tiny models on a busy 2-core machine: a second intra-op thread buys nothing, and its
@@ -68,12 +75,18 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
-    """The toy corpus (``make_jsonl_root``) the recipes of helpers.RECIPES train on; never written to."""
+    """The toy jsonl corpus (``make_jsonl_root``) the recipes of helpers.RECIPES train on; never written to."""
     return make_jsonl_root(tmp_path_factory.mktemp("corpus") / "data")
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, tiny_corpus):
+def tiny_wikitext(tmp_path_factory) -> Path:
+    """The toy WikiText-2 folder (``make_wikitext_dir``: 8 steps an epoch) the recipes train on."""
+    return make_wikitext_dir(tmp_path_factory.mktemp("wikitext") / "wikitext")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_corpus, tiny_wikitext):
     """``trained_run(name)``: the finished run of ``RECIPES[name]``, trained once a session (in this
     process, on one thread, as every run it is compared with). Tests read it; a test that changes
     a run works on ``copy_run(trained_run(name), ...)``."""
@@ -83,7 +96,9 @@ def trained_run(tmp_path_factory, tiny_corpus):
     def trained(name: str) -> Path:
         if name not in runs:
             with single_thread():
-                assert main(RECIPES[name].argv(root / name, tiny_corpus)) == 0, name
+                recipe = RECIPES[name]
+                data = {"jsonl": tiny_corpus, "wikitext": tiny_wikitext}.get(recipe.reads)
+                assert main(recipe.argv(root / name, data)) == 0, name
             runs[name] = root / name
         return runs[name]
 

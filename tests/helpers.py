@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,17 +42,19 @@ TINY_CONTEXT_VECTOR = ["model.embed_dim=16", "model.hidden_dim=32", "model.n_lay
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named tiny run: a file of configs/, its overrides, and whether it trains on the session's toy
-    corpus (tests/conftest.py's ``tiny_corpus``) rather than the data its config names."""
+    """A named tiny run: a file of configs/, its overrides, and which of the session's toy corpora it
+    reads (tests/conftest.py's ``tiny_corpora``: "jsonl", make_jsonl_root; "wikitext",
+    make_wikitext_dir), or none: the data its config names."""
 
     config: str
     overrides: tuple[str, ...]
-    on_corpus: bool = False
+    reads: str = ""
 
-    def argv(self, run: Path, corpus: Path | None = None, *extra: str) -> list[str]:
-        """The ``lmlab train`` command of this recipe into ``run`` (plus ``extra``)."""
-        data = data_overrides(corpus) if self.on_corpus else []
-        return ["train", str(CONFIGS / self.config), *self.overrides, *data, f"dump_dir={run}", *extra]
+    def argv(self, run: Path, data: Path | None = None, *extra: str) -> list[str]:
+        """The ``lmlab train`` command of this recipe on ``data`` into ``run`` (plus ``extra``)."""
+        where = {"jsonl": lambda: data_overrides(data), "wikitext": lambda: [f"data.path={data}"],
+                 "": lambda: []}[self.reads]()
+        return ["train", str(CONFIGS / self.config), *self.overrides, *where, f"dump_dir={run}", *extra]
 
 
 # The one set of tiny runs. tests/conftest.py's ``trained_run(name)`` trains each once a session;
@@ -59,10 +62,10 @@ class Recipe:
 RECIPES = {
     # debug.yaml shrunk, 6 steps with checkpoints 3 and 6 kept: the bad-input tables damage copies
     # of it; eval, generate, export and the eval-task tests read it
-    "transformer": Recipe("debug.yaml", (*TINY_TRANSFORMER, *SIX_STEPS), on_corpus=True),
+    "transformer": Recipe("debug.yaml", (*TINY_TRANSFORMER, *SIX_STEPS), reads="jsonl"),
     # the same with the output matrix tied to the embedding
     "tied": Recipe("debug.yaml", (*TINY_TRANSFORMER, "data.seq_len=64", "steps=6", "checkpoint.every=3",
-                                  "eval.validation.every=3", "model.weight_tying=true"), on_corpus=True),
+                                  "eval.validation.every=3", "model.weight_tying=true"), reads="jsonl"),
     # the quickstart on its bundled text: reports, and loading a run for evaluation
     "quickstart": Recipe("quickstart.yaml", tuple(TINY_QUICKSTART)),
     "quickstart_low_lr": Recipe("quickstart.yaml", (*TINY_QUICKSTART, "optim.lr=1e-3")),
@@ -77,6 +80,18 @@ RECIPES = {
         "data.batch_size=512", "epochs=1", "model.embed_dim=16", "model.hidden_dim=32", "model.n_layers=1",
         "model.context_dim=16", "eval.validation.max_steps=2", "precision=fp32", "device=cpu",
         "logging.every=1")),
+    # the context-vector reference in epoch mode, stopped early after 3 of its 10 epochs (no epoch
+    # improves on the first by min_delta)
+    "context_vector_early_stop": Recipe("newllm_wikitext2_baseline.yaml", (
+        *TINY_CONTEXT_VECTOR, "model.dropout=0.1", "logging.every=5", "epochs=10", "training.patience=2",
+        "training.min_delta=100.0"), reads="wikitext"),
+    # the references several processes must match (tests/system/distributed/test_torchrun.py): 20
+    # steps of a batch of 8, two readers (one per process on two); 2 epochs without dropout
+    "two_readers": Recipe("debug.yaml", (*TINY_TRANSFORMER, "data.batch_size=8", "steps=20", "checkpoint.every=10",
+                                         "logging.progress_bar=false", "data.readers=2"), reads="jsonl"),
+    "context_vector_two_epochs": Recipe("newllm_wikitext2_baseline.yaml", (
+        *TINY_CONTEXT_VECTOR, "model.dropout=0.0", "logging.every=1", "logging.progress_bar=false", "epochs=2"),
+        reads="wikitext"),
 }
 
 # What a metrics line holds that depends on the machine's speed, not on what was trained.
@@ -145,6 +160,31 @@ def run_lmlab(*args: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     return subprocess.run([sys.executable, "-m", "lmlab", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+def start_lmlab(args: list[str]) -> subprocess.Popen:
+    """``python -m lmlab ARGS`` started in the background, on one thread as the one_thread fixture
+    runs this process (the same thread count keeps CPU results bitwise comparable)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_until(done, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Poll ``done()`` until it holds; fail naming ``what`` (with the output) if ``proc`` ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if done():
+            return
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=60) if proc.poll() is not None else ("", "")
+    raise AssertionError(f"never saw {what}\nstdout:\n{out}\nstderr:\n{err}")
+
+
+def logged_steps(run: Path) -> list[int]:
+    """The steps whose training loss the run logged."""
+    return [m["step"] for m in read_jsonl(run / METRICS_FILE) if "loss" in m]
 
 
 def write_piqa(data_dir: Path, n: int = 12) -> Path:

@@ -25,7 +25,7 @@ import pytest
 
 import lmlab.apps.evaluate
 from badinput import Case, Ctx, durations_reporter, run_case, train_argv, yaml_file
-from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab
+from helpers import CONFIGS, TINY_CONTEXT_VECTOR, TINY_TRANSFORMER, data_overrides, run_lmlab
 from lmlab.cli import main
 from lmlab.preflight import load_and_check
 
@@ -295,9 +295,8 @@ def test_epoch_mode_warns_once_the_planned_steps_are_known(tmp_path, capsys):
     `lmlab train` says it after its data phase, with the planned steps, and trains."""
     from helpers import make_wikitext_dir
 
-    args = [str(CONFIGS / "newllm_wikitext2_baseline.yaml"), "model.embed_dim=16", "model.hidden_dim=32",
-            "model.n_layers=2", "model.context_dim=8", "data.tokenizer.vocab_size=60", "data.seq_len=16",
-            "data.batch_size=16", "device=cpu", f"data.path={make_wikitext_dir(tmp_path / 'wt')}",
+    args = [str(CONFIGS / "newllm_wikitext2_baseline.yaml"), *TINY_CONTEXT_VECTOR,
+            f"data.path={make_wikitext_dir(tmp_path / 'wt')}",
             "epochs=1", "optim.warmup=1000", f"dump_dir={tmp_path / 'run'}"]
     assert main(["check", *args]) == 0
     assert "warning" not in capsys.readouterr().err

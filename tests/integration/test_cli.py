@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab, write_jsonl
+from helpers import CONFIGS, run_lmlab, tiny_args, write_jsonl
 from lmlab.cli import main
 
 DEBUG = str(CONFIGS / "debug.yaml")
@@ -88,8 +88,7 @@ def test_a_crash_after_preflight_is_recorded_and_reported_in_one_line(tmp_path, 
 
     monkeypatch.setattr(trainer_module, "build_data", vanished)  # the name the Trainer uses
     run = tmp_path / "run"
-    code = main(["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(jsonl_root),
-                 f"dump_dir={run}"])
+    code = main(tiny_args(jsonl_root, run))
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert "failed in phase data: FileNotFoundError" in err and f"lmlab report {run}" in err

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers import CONFIGS, REPO, SHARED_DATA, TINY_TRANSFORMER, make_jsonl_root, toy_texts, write_jsonl
+from helpers import CONFIGS, REPO, SHARED_DATA, TINY_TRANSFORMER, make_jsonl_root, same_weights, toy_texts, write_jsonl
 from lmlab.cli import main
 from lmlab.data import manifest as mf, sources
 from lmlab.data.badrecords import BadRecords
@@ -283,9 +282,7 @@ def test_training_on_prepared_shards_resumes_bitwise(tmp_path, prepared):
     assert train(tmp_path / "straight") == 0
     assert train(tmp_path / "resumed", "training.stop_at=3") == 0
     assert train(tmp_path / "resumed") == 0
-    a = load_file(str(tmp_path / "straight" / "checkpoints" / "final" / "model.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "final" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(tmp_path / "straight", tmp_path / "resumed")
     assert (tmp_path / "straight" / "tokenizer.json").read_text() == (prepared / "tokenizer.json").read_text()
 
 

@@ -203,16 +203,8 @@ def test_export_refuses_what_it_cannot_do_and_writes_nothing_half(trained_export
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "empty"]  # no temporary left
 
 
-def test_context_vector_export_says_no_transformers_class_loads_it(tmp_path, capsys):
-    data = tmp_path / "wikitext"
-    from helpers import make_wikitext_dir
-    make_wikitext_dir(data)
-    run = tmp_path / "cv"
-    assert main(["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), "model.embed_dim=16",
-                 "model.hidden_dim=32", "model.n_layers=1", "model.context_dim=8",
-                 "data.tokenizer.vocab_size=60", "data.seq_len=16", "data.batch_size=16", "epochs=1",
-                 "device=cpu", f"data.path={data}", f"dump_dir={run}"]) == 0
-    assert main(["export", str(run), "--out", str(tmp_path / "out")]) == 0
+def test_context_vector_export_says_no_transformers_class_loads_it(tmp_path, capsys, trained_run):
+    assert main(["export", str(trained_run("context_vector_early_stop")), "--out", str(tmp_path / "out")]) == 0
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["lmlab_model"]["name"] == "context_vector" and "no transformers class" in config["note"]
     assert "No transformers class loads this family" in (tmp_path / "out" / "README.md").read_text()

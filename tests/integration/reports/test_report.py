@@ -11,10 +11,9 @@ import pytest
 import torch
 import yaml
 
-from helpers import CONFIGS
+from helpers import copy_run
 from lmlab import rundir
 from lmlab.apps.info import run_info
-from lmlab.cli import main
 from lmlab.reports.report import write_report
 from lmlab.runlog import EventLog
 from lmlab.training.parts import TrainingParts
@@ -157,18 +156,8 @@ def test_failed_run_report_for_out_of_memory(tmp_path, tiny_runs):
     assert "lower `data.batch_size` to 8" in text
 
 
-def test_epoch_mode_report_has_one_row_per_epoch_and_early_stopping_status(tmp_path, valid_png):
-    words = "the of and in to a was on for as with by he at from his an were is".split()
-    for split, n in (("train", 120), ("valid", 30)):
-        lines = [" " + " ".join(words[(i * 3 + j * (i % 5 + 1)) % len(words)] for j in range(6 + i % 9))
-                 for i in range(n)]
-        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    run = tmp_path / "run"
-    assert main(["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), "model.embed_dim=16",
-                 "model.hidden_dim=32", "model.n_layers=2", "model.context_dim=8",
-                 "data.tokenizer.vocab_size=60", "data.seq_len=16", "data.batch_size=16", "device=cpu",
-                 "logging.every=5", f"data.path={tmp_path}", "epochs=10", "training.patience=2",
-                 "training.min_delta=100.0", f"dump_dir={run}"]) == 0
+def test_epoch_mode_report_has_one_row_per_epoch_and_early_stopping_status(tmp_path, valid_png, trained_run):
+    run = copy_run(trained_run("context_vector_early_stop"), tmp_path / "run")
     text = write_report(run).read_text()
     assert "Status: **stopped early**" in text and "3/10 epochs" in text
     assert "| epoch | step | train loss (nats/token) |" in text

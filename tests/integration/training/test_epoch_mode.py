@@ -5,28 +5,17 @@ from __future__ import annotations
 import warnings
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from helpers import CONFIGS, make_wikitext_dir
+from helpers import CONFIGS, TINY_CONTEXT_VECTOR, assert_same_run
 from lmlab.cli import main
 from lmlab.rundir import read_jsonl
 
-TINY_CONTEXT_VECTOR = ["model.embed_dim=16", "model.hidden_dim=32", "model.n_layers=2",
-                       "model.context_dim=8", "model.dropout=0.1", "data.tokenizer.vocab_size=60",
-                       "data.seq_len=16", "data.batch_size=16", "device=cpu", "logging.every=5",
-                       "optim.lr=3e-3", "checkpoint.every=7", "checkpoint.keep=1"]
-TIMING = {"tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib"}
-
-
-@pytest.fixture
-def wikitext_dir(tmp_path):
-    """A toy corpus in the tokenized WikiText-2 file layout."""
-    return make_wikitext_dir(tmp_path / "wikitext")
+EPOCH_RUN = [*TINY_CONTEXT_VECTOR, "model.dropout=0.1", "logging.every=5", "checkpoint.every=7",
+             "checkpoint.keep=1"]
 
 
 def train(*args) -> int:
-    return main(["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), *TINY_CONTEXT_VECTOR, *args])
+    return main(["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), *EPOCH_RUN, *args])
 
 
 def test_epochs_validate_each_epoch_and_keep_best_and_final(tmp_path, wikitext_dir):
@@ -61,11 +50,7 @@ def test_epoch_mode_resume_mid_epoch_equals_uninterrupted(tmp_path, wikitext_dir
     assert train(*common, f"dump_dir={straight}") == 0
     assert train(*common, f"dump_dir={resumed}", "training.stop_at=7") == 0  # mid-epoch (8/epoch)
     assert train(*common, f"dump_dir={resumed}") == 0
-    strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMING} for m in ms]
-    assert strip(read_jsonl(resumed / "metrics.jsonl")) == strip(read_jsonl(straight / "metrics.jsonl"))
-    a = load_file(str(straight / "checkpoints" / "final" / "model.safetensors"))
-    b = load_file(str(resumed / "checkpoints" / "final" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(straight, resumed)
 
 
 def test_lr_scaling_is_written_to_the_resolved_config(tmp_path, wikitext_dir):

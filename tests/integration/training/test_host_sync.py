@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides
+from helpers import REPO, tiny_args
 from lmlab.cli import main
 from lmlab.data.loader import PackedLoader
 
@@ -47,9 +47,8 @@ def test_training_reads_from_the_device_only_on_logging_steps(tmp_path, jsonl_ro
 
     monkeypatch.setattr(PackedLoader, "next_batch", marked_next_batch)
     run = tmp_path / "run"
-    code = main(["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(jsonl_root),
-                 f"dump_dir={run}", "steps=20", "logging.every=10", "checkpoint.every=10",
-                 "eval.validation.enabled=false"])
+    code = main(tiny_args(jsonl_root, run, "steps=20", "logging.every=10", "checkpoint.every=10",
+                          "eval.validation.enabled=false"))
     assert code == 0
     steps_that_read = sorted({s for s, _, _ in log})
     assert steps_that_read == [10, 20], log

@@ -3,22 +3,12 @@ from __future__ import annotations
 
 import json
 
-import torch
-from safetensors.torch import load_file
-
-from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides
+from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, same_weights, untimed_metrics
 from lmlab.cli import main
 from lmlab.rundir import read_jsonl
 
-TIMING = {"tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib"}
-
-
 def train(*args) -> int:
     return main(["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *args])
-
-
-def deterministic(lines: list[dict]) -> list[dict]:
-    return [{k: v for k, v in line.items() if k not in TIMING} for line in lines]
 
 
 def test_debug_config_trains_on_cpu_and_writes_a_complete_run_dir(tmp_path, jsonl_root, capsys):
@@ -54,13 +44,10 @@ def test_resume_equals_uninterrupted_run(tmp_path, jsonl_root):
     assert not (resumed / "checkpoints" / "0000000015").exists()
     assert train(*common, f"dump_dir={resumed}") == 0  # same command without stop_at: resumes
 
-    want = deterministic(read_jsonl(straight / "metrics.jsonl"))
-    got = deterministic(read_jsonl(resumed / "metrics.jsonl"))
+    want, got = untimed_metrics(straight), untimed_metrics(resumed)
     assert got == want  # steps 1-20 incl. validation, exactly (steps 11-20 came from the resume)
     assert [m["step"] for m in got if "loss" in m][10:] == list(range(11, 21))
-    a = load_file(str(straight / "checkpoints" / "final" / "model.safetensors"))
-    b = load_file(str(resumed / "checkpoints" / "final" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(straight, resumed)
 
 
 def test_rerunning_a_finished_run_does_nothing(tmp_path, jsonl_root, capsys):

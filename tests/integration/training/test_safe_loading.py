@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides
+from helpers import REPO, tiny_args
 from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.rundir import OPTIMIZER_FILE
@@ -39,9 +39,8 @@ def plant_payload(file: Path, marker: Path) -> None:
 def stopped_run(tmp_path, jsonl_root):
     """A tiny run stopped after its step-2 checkpoint (the same command resumes it)."""
     run = tmp_path / "run"
-    argv = ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(jsonl_root),
-            "steps=4", "checkpoint.every=2", "training.stop_at=2", "eval.validation.enabled=false",
-            f"dump_dir={run}"]
+    argv = tiny_args(jsonl_root, run, "steps=4", "checkpoint.every=2", "training.stop_at=2",
+                     "eval.validation.enabled=false")
     assert main(argv) == 0
     checkpoint = run / "checkpoints" / "0000000002"
     assert json.loads((checkpoint / "train_state.json").read_text())["finished"] is False

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab
+from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab, tiny_args
 from lmlab.cli import main
 from lmlab.config import describe_fields, load_config_collecting
 from lmlab.errors import LmlabError
@@ -370,9 +370,8 @@ def test_truncating_foreign_content_keeps_it_and_never_raises(tmp_path, content,
 
 
 def _tiny_run(jsonl_root: Path, run: Path, steps: int) -> list[str]:
-    return ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(jsonl_root),
-            f"dump_dir={run}", f"steps={steps}", "checkpoint.every=4", "eval.validation.enabled=false",
-            "logging.progress_bar=false"]
+    return tiny_args(jsonl_root, run, f"steps={steps}", "checkpoint.every=4", "eval.validation.enabled=false",
+                     "logging.progress_bar=false")
 
 
 def _loss_steps(*files: Path) -> list[int]:

@@ -8,20 +8,17 @@ import threading
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides
+from helpers import CONFIGS, same_weights, tiny_args, untimed_metrics
 from lmlab.cli import main
 from lmlab.data.prefetch import Prefetcher, read_ahead
 from lmlab.models.context_vector import ContextVectorConfig, ContextVectorLM
 from lmlab.models.transformer import Transformer, TransformerConfig
-from lmlab.rundir import read_jsonl
 from lmlab.training.graphs import use_cuda_graph
 from lmlab.runtime import Runtime
 from lmlab.training.parts import TrainingParts
 
 CPU = Runtime(torch.device("cpu"), "fp32")
-TIMING = {"tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib"}
 
 
 def _models():
@@ -121,17 +118,13 @@ def test_read_ahead_is_off_on_cpu_by_default():
 
 
 def test_prefetched_training_resumes_exactly_and_equals_the_plain_run(tmp_path, jsonl_root):
-    common = ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(jsonl_root),
-              "steps=16", "logging.every=4", "checkpoint.every=8", "eval.validation.enabled=false"]
+    common = ["steps=16", "logging.every=4", "checkpoint.every=8", "eval.validation.enabled=false"]
     plain, ahead = tmp_path / "plain", tmp_path / "ahead"
-    assert main([*common, f"dump_dir={plain}", "data.prefetch=0"]) == 0
-    assert main([*common, f"dump_dir={ahead}", "data.prefetch=3", "training.stop_at=6"]) == 0
-    assert main([*common, f"dump_dir={ahead}", "data.prefetch=3"]) == 0
-    strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMING} for m in ms]
-    assert strip(read_jsonl(ahead / "metrics.jsonl")) == strip(read_jsonl(plain / "metrics.jsonl"))
-    a = load_file(str(plain / "checkpoints" / "final" / "model.safetensors"))
-    b = load_file(str(ahead / "checkpoints" / "final" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(tiny_args(jsonl_root, plain, *common, "data.prefetch=0")) == 0
+    assert main(tiny_args(jsonl_root, ahead, *common, "data.prefetch=3", "training.stop_at=6")) == 0
+    assert main(tiny_args(jsonl_root, ahead, *common, "data.prefetch=3")) == 0
+    assert untimed_metrics(ahead) == untimed_metrics(plain)
+    assert same_weights(plain, ahead)
 
 
 @pytest.mark.gpu

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, make_jsonl_root, processes_mentioning,
-                     run_lmlab)
+from helpers import REPO, make_jsonl_root, processes_mentioning, run_lmlab, tiny_args
 from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.reports.status import run_status
@@ -41,8 +40,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def train_args(corpus: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(corpus),
-            "checkpoint.every=100", "logging.progress_bar=false", f"dump_dir={run}", *extra]
+    return tiny_args(corpus, run, "checkpoint.every=100", "logging.progress_bar=false", *extra)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

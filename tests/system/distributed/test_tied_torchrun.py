@@ -13,7 +13,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, make_jsonl_root
+from helpers import REPO, make_jsonl_root, tiny_args
 from lmlab.rundir import FINAL, checkpoints_root
 
 pytestmark = pytest.mark.slow
@@ -27,9 +27,8 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_tied_ddp_run_resumes_on_two_processes(tmp_path):
     run, data = tmp_path / "run", make_jsonl_root(tmp_path / "data")
-    args = ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(data),
-            "data.seq_len=64", "steps=4", "optim.warmup=0", "checkpoint.every=2", "model.weight_tying=true",
-            "distributed.strategy=ddp", "logging.progress_bar=false", f"dump_dir={run}"]
+    args = tiny_args(data, run, "data.seq_len=64", "steps=4", "optim.warmup=0", "checkpoint.every=2",
+                     "model.weight_tying=true", "distributed.strategy=ddp", "logging.progress_bar=false")
     stopped = torchrun(*args, "training.stop_at=2")
     assert stopped.returncode == 0 and "stopped at step 2/4" in stopped.stdout, stopped.stderr[-3000:]
     resumed = torchrun(*args)

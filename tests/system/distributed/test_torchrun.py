@@ -17,34 +17,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers import (CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, make_jsonl_root, make_wikitext_dir,
-                     processes_mentioning)
+from helpers import RECIPES, REPO, assert_same_run, processes_mentioning
 from lmlab.cli import main
 from lmlab.reports.status import run_status
-from lmlab.rundir import FINAL, METRICS_FILE, checkpoints_root, read_jsonl, step_checkpoints
+from lmlab.rundir import METRICS_FILE, read_jsonl, step_checkpoints
 
 pytestmark = pytest.mark.slow
 RTOL = 1e-5  # measured: about 1e-7 for DDP, 4e-7 for FSDP (reduction order of the gradients)
 STEPS = 20
-DETERMINISTIC = ("loss", "grad_norm", "lr", "tokens", "val/loss", "val/acc", "train/epoch_loss")
-TINY_CONTEXT_VECTOR = ["model.embed_dim=16", "model.hidden_dim=32", "model.n_layers=2",
-                       "model.context_dim=8", "model.dropout=0.0", "data.tokenizer.vocab_size=60",
-                       "data.seq_len=16", "data.batch_size=16", "device=cpu", "logging.every=1",
-                       "logging.progress_bar=false", "optim.lr=3e-3", "epochs=2"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return make_jsonl_root(tmp_path_factory.mktemp("corpus"))
+# two readers on one process, one each on two: the processes read disjoint documents
+TWO_READERS = RECIPES["two_readers"]
 
 
 def transformer_args(corpus: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(corpus),
-            "data.batch_size=8", f"steps={STEPS}", "checkpoint.every=10", "logging.progress_bar=false",
-            # two readers on one process, one each on two: the processes read disjoint documents
-            "data.readers=2", f"dump_dir={run}", *extra]
+    return TWO_READERS.argv(run, corpus, *extra)
 
 
 def torchrun(args: list[str], nproc: int = 2, timeout: float = 120, script: list[str] | None = None,
@@ -59,34 +46,17 @@ def torchrun(args: list[str], nproc: int = 2, timeout: float = 120, script: list
 
 
 @pytest.fixture(scope="module")
-def one_process(corpus, tmp_path_factory) -> Path:
-    """The reference: the same run on one process (in this process)."""
-    run = tmp_path_factory.mktemp("one") / "run"
-    assert main(transformer_args(corpus, run)) == 0
-    return run
-
-
-def assert_same_run(a: Path, b: Path, rtol: float = RTOL) -> None:
-    """Metrics line by line within ``rtol``, and the final weights within it too."""
-    ma, mb = read_jsonl(a / METRICS_FILE), read_jsonl(b / METRICS_FILE)
-    assert [m["step"] for m in ma] == [m["step"] for m in mb]
-    for x, y in zip(ma, mb):
-        for key in DETERMINISTIC:
-            if key in x:
-                assert y[key] == pytest.approx(x[key], rel=rtol), (key, x["step"])
-    wa = load_file(str(checkpoints_root(a) / FINAL / "model.safetensors"))
-    wb = load_file(str(checkpoints_root(b) / FINAL / "model.safetensors"))
-    assert sorted(wa) == sorted(wb)
-    for name in wa:
-        torch.testing.assert_close(wb[name], wa[name], rtol=rtol, atol=1e-6)
+def one_process(trained_run) -> Path:
+    """The reference: the same run on one process (in this process, the session's)."""
+    return trained_run("two_readers")
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_train_what_one_process_trains(one_process, corpus, tmp_path, strategy):
+def test_two_processes_train_what_one_process_trains(one_process, tiny_corpus, tmp_path, strategy):
     run = tmp_path / "run"
-    out = torchrun(transformer_args(corpus, run, f"distributed.strategy={strategy}"))
+    out = torchrun(transformer_args(tiny_corpus, run, f"distributed.strategy={strategy}"))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert_same_run(one_process, run)
+    assert_same_run(one_process, run, rtol=RTOL)
     provenance = json.loads((run / "provenance.json").read_text())
     assert provenance["distributed"]["world_size"] == 2
     assert provenance["distributed"]["strategy"] == strategy
@@ -94,32 +64,28 @@ def test_two_processes_train_what_one_process_trains(one_process, corpus, tmp_pa
     assert "tokens_per_s_per_device" in read_jsonl(run / METRICS_FILE)[0]
 
 
-def test_context_vector_epoch_mode_on_two_processes(tmp_path):
-    data = make_wikitext_dir(tmp_path / "wikitext")
-    args = ["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), *TINY_CONTEXT_VECTOR,
-            f"data.path={data}"]
-    assert main([*args, f"dump_dir={tmp_path / 'one'}"]) == 0
-    out = torchrun([*args, f"dump_dir={tmp_path / 'two'}"])
+def test_context_vector_epoch_mode_on_two_processes(trained_run, tiny_wikitext, tmp_path):
+    out = torchrun(RECIPES["context_vector_two_epochs"].argv(tmp_path / "two", tiny_wikitext))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert_same_run(trained_run("context_vector_two_epochs"), tmp_path / "two", rtol=RTOL)
 
 
-def test_a_stopped_run_resumes_on_two_or_on_one_process(one_process, corpus, tmp_path):
+def test_a_stopped_run_resumes_on_two_or_on_one_process(one_process, tiny_corpus, tmp_path):
     """The loader position is global: a resume on another number of processes continues the same
     data order, and (no dropout here) the same numbers."""
     for resumed_on in (2, 1):
         run = tmp_path / f"resumed-on-{resumed_on}"
-        out = torchrun(transformer_args(corpus, run, "training.stop_at=10"))
+        out = torchrun(transformer_args(tiny_corpus, run, "training.stop_at=10"))
         assert out.returncode == 0 and "stopped at step 10/20" in out.stdout, out.stderr[-3000:]
-        again = torchrun(transformer_args(corpus, run), nproc=resumed_on)
+        again = torchrun(transformer_args(tiny_corpus, run), nproc=resumed_on)
         assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-3000:]
-        assert_same_run(one_process, run)
+        assert_same_run(one_process, run, rtol=RTOL)
 
 
-def test_sigterm_to_one_rank_stops_every_rank_at_one_checkpoint(one_process, corpus, tmp_path):
+def test_sigterm_to_one_rank_stops_every_rank_at_one_checkpoint(one_process, tiny_corpus, tmp_path):
     run = tmp_path / "run"
     # --nproc: lmlab starts torchrun itself
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab", *transformer_args(corpus, run), "--nproc", "2"],
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab", *transformer_args(tiny_corpus, run), "--nproc", "2"],
                             cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
@@ -133,15 +99,15 @@ def test_sigterm_to_one_rank_stops_every_rank_at_one_checkpoint(one_process, cor
     assert run_status(run)["status"] == "preempted"
     saved = step_checkpoints(run)
     assert len(saved) == 1 and 3 <= int(saved[0].name) < STEPS
-    again = torchrun(transformer_args(corpus, run))
+    again = torchrun(transformer_args(tiny_corpus, run))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert_same_run(one_process, run)
+    assert_same_run(one_process, run, rtol=RTOL)
 
 
-def test_a_rank_that_raises_ends_the_job_naming_it(corpus, tmp_path):
+def test_a_rank_that_raises_ends_the_job_naming_it(tiny_corpus, tmp_path):
     run = tmp_path / "run"
     started = time.monotonic()
-    out = torchrun(transformer_args(corpus, run), script=[str(Path(__file__).with_name("raise_on_rank.py"))],
+    out = torchrun(transformer_args(tiny_corpus, run), script=[str(Path(__file__).with_name("raise_on_rank.py"))],
                    timeout=90)
     took = time.monotonic() - started
     assert out.returncode != 0 and took < 60
@@ -155,10 +121,10 @@ def test_a_rank_that_raises_ends_the_job_naming_it(corpus, tmp_path):
      "set distributed.strategy=ddp"),
     (["distributed.backend=nccl"], 2, "distributed.backend", "set distributed.backend=gloo"),
 ])
-def test_preflight_refuses_what_several_processes_cannot_run(corpus, tmp_path, capsys, extra, nproc, key, fix):
+def test_preflight_refuses_what_several_processes_cannot_run(tiny_corpus, tmp_path, capsys, extra, nproc, key, fix):
     if "nccl" in extra[0] and torch.cuda.is_available():
         pytest.skip("this machine has GPUs")
-    code = main([*transformer_args(corpus, tmp_path / "run", *extra), "--nproc", str(nproc)])
+    code = main([*transformer_args(tiny_corpus, tmp_path / "run", *extra), "--nproc", str(nproc)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert f"- {key}:" in err and fix in err

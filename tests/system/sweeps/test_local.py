@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers import CONFIGS, REPO
+from helpers import CONFIGS, REPO, final_weights, untimed_metrics
 from lmlab import rundir, sweepdir
 from lmlab.cli import main
 from lmlab.sweeps.runner import cpu_cores, lock_holder
@@ -43,7 +42,6 @@ grid:
   optim.lr: [1.0e-3, 3.0e-3]
   model.dim: [32, 64]
 """
-TIMING = ("tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib")
 
 
 def sweep_command(spec: Path, out: Path) -> list[str]:
@@ -60,14 +58,6 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
     return spec, root / "reference"
 
 
-def logged(run: Path) -> list[dict]:
-    return [{k: v for k, v in m.items() if k not in TIMING} for m in rundir.read_jsonl(run / rundir.METRICS_FILE)]
-
-
-def weights(run: Path) -> dict:
-    return load_file(str(rundir.named_checkpoint(run, rundir.FINAL) / rundir.MODEL_FILE))
-
-
 def test_a_parallel_grid_equals_its_runs_trained_alone(reference, tmp_path):
     spec_file, sweep = reference
     spec = load_spec(spec_file)
@@ -81,12 +71,12 @@ def test_a_parallel_grid_equals_its_runs_trained_alone(reference, tmp_path):
         for t in trials:
             alone = tmp_path / t.name
             assert main(["train", spec.base, *t.overrides(spec), f"dump_dir={alone}"]) == 0
-            assert len(logged(alone)) == STEPS // 10 + STEPS // 20
-            assert logged(t.run_dir(sweep)) == logged(alone), t.name
+            assert len(untimed_metrics(alone)) == STEPS // 10 + STEPS // 20
+            assert untimed_metrics(t.run_dir(sweep)) == untimed_metrics(alone), t.name
     finally:
         torch.set_num_threads(threads)
     # the trials differ, as their overrides say
-    assert len({str(logged(t.run_dir(sweep))[-1]) for t in trials}) == 4
+    assert len({str(untimed_metrics(t.run_dir(sweep))[-1]) for t in trials}) == 4
 
 
 def test_kill_9_mid_way_then_the_same_command_finishes_every_trial_exactly_once(reference, tmp_path):
@@ -117,9 +107,9 @@ def test_kill_9_mid_way_then_the_same_command_finishes_every_trial_exactly_once(
         run = t.run_dir(sweep)
         assert rows[t.name]["status"] == "finished"
         # every step trained once: each logged step appears once, and the weights are the same
-        train_steps = [m["step"] for m in logged(run) if "loss" in m]
+        train_steps = [m["step"] for m in untimed_metrics(run) if "loss" in m]
         assert train_steps == list(range(10, STEPS + 1, 10)), t.name
-        got, want = weights(run), weights(t.run_dir(ref))
+        got, want = final_weights(run), final_weights(t.run_dir(ref))
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), t.name
     for name in interrupted:  # resumed from its checkpoint, not from zero
         log = sweepdir.log_file(sweep, name).read_text()

@@ -39,12 +39,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides, make_wikitext_dir
+from helpers import CONFIGS, REPO, TINY_CONTEXT_VECTOR, TINY_TRANSFORMER, assert_same_run, data_overrides
 from lmlab.rundir import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, checkpoints_root, step_checkpoints,
                           step_name)
-from lmlab.rundir import read_jsonl
 
-TIMING = {"tokens_per_s", "flops_per_s", "mfu", "data_time_frac", "mem_peak_gib"}
 SAVE_IN_PROGRESS = re.compile(r"\.tmp-(\d{10}|best|final)-\d+$")  # a save's / publish's temp dir
 
 STEP_TOTAL = 50
@@ -52,11 +50,9 @@ STEP_MODE = ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, f"steps={S
              "checkpoint.every=1", "checkpoint.keep=2", "eval.validation.every=10",
              "logging.progress_bar=false"]
 STEPS_PER_EPOCH, EPOCHS = 8, 6
-EPOCH_MODE = ["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"),
-              "model.embed_dim=16", "model.hidden_dim=32", "model.n_layers=2", "model.context_dim=8",
-              "model.dropout=0.1", "data.tokenizer.vocab_size=60", "data.seq_len=16",
-              "data.batch_size=16", "device=cpu", "logging.every=1", "logging.progress_bar=false",
-              "optim.lr=3e-3", f"epochs={EPOCHS}", "checkpoint.every=1", "checkpoint.keep=1"]
+EPOCH_MODE = ["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), *TINY_CONTEXT_VECTOR,
+              "model.dropout=0.1", "logging.every=1", "logging.progress_bar=false", f"epochs={EPOCHS}",
+              "checkpoint.every=1", "checkpoint.keep=1"]
 
 
 # --------------------------------------------------------------------------- processes
@@ -184,12 +180,6 @@ def zygote():
     z.close()
 
 
-@pytest.fixture
-def wikitext_dir(tmp_path):
-    """A toy corpus in the tokenized WikiText-2 file layout: 8 steps/epoch."""
-    return make_wikitext_dir(tmp_path / "wikitext")
-
-
 # --------------------------------------------------------------------------- what is on disk
 
 
@@ -315,41 +305,6 @@ def kill_and_resume(zygote: Zygote, args: list[str], run: Path, total: int, kind
     raise AssertionError("unreachable")
 
 
-def strip_timing(lines: list[dict]) -> list[dict]:
-    return [{k: v for k, v in line.items() if k not in TIMING} for line in lines]
-
-
-def assert_equal_nested(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_equal_nested(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_equal_nested(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
-def assert_same_run(straight: Path, resumed: Path, names: list[str]) -> None:
-    """Bitwise: metrics (but timings), and weights, optimizer and train state of each checkpoint."""
-    assert strip_timing(read_jsonl(resumed / "metrics.jsonl")) == \
-        strip_timing(read_jsonl(straight / "metrics.jsonl"))
-    for name in names:
-        a_dir, b_dir = checkpoints_root(straight) / name, checkpoints_root(resumed) / name
-        assert (b_dir / STATE_FILE).is_file(), f"{name}/ is missing after the kills and resumes"
-        assert_equal_nested(json.loads((a_dir / STATE_FILE).read_text()),
-                            json.loads((b_dir / STATE_FILE).read_text()), f"{name}/{STATE_FILE}")
-        a, b = load_file(str(a_dir / MODEL_FILE)), load_file(str(b_dir / MODEL_FILE))
-        assert_equal_nested(a, b, f"{name}/{MODEL_FILE}")
-        assert_equal_nested(torch.load(a_dir / OPTIMIZER_FILE, weights_only=True),
-                            torch.load(b_dir / OPTIMIZER_FILE, weights_only=True),
-                            f"{name}/{OPTIMIZER_FILE}")
-
-
 def kill_plan(rng: random.Random, n_save: int, n_random: int, last: list[str]) -> list[str]:
     plan = ["save"] * n_save + ["random"] * n_random
     rng.shuffle(plan)
@@ -370,7 +325,7 @@ def kill_resume_compare(zygote, tmp_path: Path, args: list[str], total: int, pla
     print(summary)
     assert stats["kills"] >= 10 and stats["during_save"] >= 3, summary
     assert stats["removed_reported"] == stats["during_save"], summary
-    assert_same_run(tmp_path / "straight", tmp_path / "killed", names)
+    assert_same_run(tmp_path / "straight", tmp_path / "killed", tuple(names))
     return stats
 
 

@@ -10,16 +10,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from helpers import CONFIGS, REPO, TINY_TRANSFORMER, data_overrides
+from helpers import logged_steps, same_weights, start_lmlab, tiny_args, wait_until
 from lmlab import rundir
 from lmlab.cli import main
 from lmlab.reports.status import run_status
@@ -27,41 +22,10 @@ from lmlab.runlock import read_holder
 from lmlab.training.signals import PreemptionSignals
 
 HOST = socket.gethostname()
-QUIET = ["eval.validation.enabled=false"]
-
-
-def tiny_args(root: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, *data_overrides(root),
-            f"dump_dir={run}", *QUIET, *extra]
+QUIET = "eval.validation.enabled=false"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def start(args: list[str]) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env["OMP_NUM_THREADS"] = "1"  # as the one_thread fixture in this process
-    return subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def wait_until(done, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if done():
-            return
-        time.sleep(0.05)
-    out, err = proc.communicate(timeout=60) if proc.poll() is not None else ("", "")
-    raise AssertionError(f"never saw {what}\nstdout:\n{out}\nstderr:\n{err}")
-
-
-def logged_steps(run: Path) -> list[int]:
-    return [m["step"] for m in rundir.read_jsonl(run / rundir.METRICS_FILE) if "loss" in m]
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    wa, wb = (load_file(str(p / "checkpoints" / "final" / "model.safetensors")) for p in (a, b))
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 # --------------------------------------------------------------------------- two at once
@@ -77,8 +41,8 @@ def test_two_trainings_on_one_run_dir_one_trains_the_other_is_refused(first, tmp
     procs = {}
     for name in order:  # the second starts 0.3 s after the first, with another seed and lr
         s = SETTINGS[name]
-        procs[name] = start(tiny_args(jsonl_root, run, f"steps={STEPS}", "checkpoint.every=40",
-                                      f"seed={s['seed']}", f"optim.lr={s['lr']}"))
+        procs[name] = start_lmlab(tiny_args(jsonl_root, run, QUIET, f"steps={STEPS}", "checkpoint.every=40",
+                                            f"seed={s['seed']}", f"optim.lr={s['lr']}"))
         time.sleep(0.3)
     outs = {name: proc.communicate(timeout=240) for name, proc in procs.items()}
     codes = {name: proc.returncode for name, proc in procs.items()}
@@ -106,8 +70,8 @@ def test_two_trainings_on_one_run_dir_one_trains_the_other_is_refused(first, tmp
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, jsonl_root, capsys):
     run = tmp_path / "run"
-    args = tiny_args(jsonl_root, run, "steps=12", "checkpoint.every=4", "checkpoint.keep=0")
-    proc = start(args)
+    args = tiny_args(jsonl_root, run, QUIET, "steps=12", "checkpoint.every=4", "checkpoint.keep=0")
+    proc = start_lmlab(args)
     wait_until(lambda: rundir.is_checkpoint(run / "checkpoints" / "0000000004"), proc, "checkpoint 4")
     proc.kill()  # kill -9: the kernel drops the flock, the file stays
     proc.wait(timeout=60)
@@ -130,9 +94,9 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, jsonl_root, cap
 def test_ctrl_c_saves_a_checkpoint_exits_130_and_resume_is_exact(tmp_path, jsonl_root, capsys):
     common = ["steps=30", "checkpoint.every=1000"]
     straight = tmp_path / "straight"
-    assert main(tiny_args(jsonl_root, straight, *common)) == 0
+    assert main(tiny_args(jsonl_root, straight, QUIET, *common)) == 0
     run = tmp_path / "interrupted"
-    proc = start(tiny_args(jsonl_root, run, *common))
+    proc = start_lmlab(tiny_args(jsonl_root, run, QUIET, *common))
     wait_until(lambda: len(logged_steps(run)) >= 5, proc, "5 steps")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -148,7 +112,7 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_resume_is_exact(tmp_path, jsonl
     assert status["status"] == "stopped" and status["rule"] == "run_end"
     end = [e for e in rundir.read_jsonl(run / rundir.EVENTS_FILE) if e["event"] == "run_end"][-1]
     assert end["reason"] == "SIGINT" and end["step"] == step
-    assert main(tiny_args(jsonl_root, run, *common)) == 0
+    assert main(tiny_args(jsonl_root, run, QUIET, *common)) == 0
     assert f"resuming {run} from checkpoint {saved[0]}" in capsys.readouterr().out
     assert same_weights(straight, run)  # bitwise: the stop changed nothing
 
