@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import signal
 from pathlib import Path
 
@@ -48,6 +49,20 @@ def wikitext_dir(tmp_path: Path) -> Path:
     """A toy corpus in the tokenized WikiText-2 file layout (train.txt, valid.txt): 8 steps an epoch
     of TINY_CONTEXT_VECTOR."""
     return make_wikitext_dir(tmp_path / "wikitext")
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """Planted fake credentials, and W&B's own folders inside tmp_path (nothing lands in $HOME)."""
+    planted = {"WANDB_API_KEY": secrets.token_hex(20), "HF_TOKEN": "hf_" + secrets.token_hex(17)}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb_home" / name.lower()))
+    for name in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID", "WANDB_RESUME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return planted
 
 
 @contextlib.contextmanager

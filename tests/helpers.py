@@ -2,6 +2,7 @@
 runs. The named tiny runs built from these overrides (``trained_run``) are in tests/conftest.py."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,12 +16,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmlab.cli import main
 from lmlab.rundir import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, checkpoints_root,
                           read_jsonl)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 SHARED_DATA = REPO.parent / "shared" / "data"
+# a real web-text chunk (../shared/data), a few MB: what `lmlab data prepare` meets
+WEBTEXT = SHARED_DATA / "webtext" / "CC-MAIN-20190717121559-20190717143559-00140.jsonl"
 
 # Shrinks configs/debug.yaml to something that trains in seconds on CPU.
 TINY_TRANSFORMER = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.multiple_of=16",
@@ -162,6 +166,15 @@ def run_lmlab(*args: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.
                           text=True, timeout=timeout, env=env)
 
 
+def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``lmlab ARGS`` in-process (``lmlab.cli.main``): its exit code, stdout and stderr, for the checks
+    that need no more (a traceback a real process would print is ``tests/system``'s to see)."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["lmlab", *args], code, out, err)
+
+
 def start_lmlab(args: list[str]) -> subprocess.Popen:
     """``python -m lmlab ARGS`` started in the background, on one thread as the one_thread fixture
     runs this process (the same thread count keeps CPU results bitwise comparable)."""
@@ -185,6 +198,17 @@ def wait_until(done, proc: subprocess.Popen, what: str, timeout: float = 120) ->
 def logged_steps(run: Path) -> list[int]:
     """The steps whose training loss the run logged."""
     return [m["step"] for m in read_jsonl(run / METRICS_FILE) if "loss" in m]
+
+
+def files_containing(root: Path, secret: str) -> list[Path]:
+    """The files below ``root`` whose bytes hold ``secret``."""
+    return [p for p in sorted(root.rglob("*")) if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def shard_checksums(folder: Path) -> dict[str, str]:
+    """The sha256 of each shard and index file ``lmlab data prepare`` wrote into ``folder``."""
+    files = sorted(folder.glob("*.bin")) + sorted(folder.glob("*.idx.npy"))
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def write_piqa(data_dir: Path, n: int = 12) -> Path:

@@ -17,15 +17,13 @@ import errno
 import io
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 import lmlab.apps.evaluate
 from badinput import Case, Ctx, durations_reporter, run_case, train_argv, yaml_file
-from helpers import CONFIGS, TINY_CONTEXT_VECTOR, TINY_TRANSFORMER, data_overrides, run_lmlab
+from helpers import CONFIGS, TINY_CONTEXT_VECTOR, TINY_TRANSFORMER, data_overrides
 from lmlab.cli import main
 from lmlab.preflight import load_and_check
 
@@ -248,46 +246,6 @@ def test_generate_with_a_prompt_that_fits_says_only_the_cap(bad_input_base, tmp_
     assert err.count("warning") == 1
     assert (f"the model's context is {CONTEXT} tokens: after the prompt (5 tokens after BOS) there "
             f"is room for {CONTEXT - 5} of the 200 new tokens asked for") in err
-
-
-_MOUNT_READ_ONLY = 'mount --bind "$RUN" "$RUN" && mount -o remount,ro,bind "$RUN" "$RUN"'
-
-
-def _unshare_available() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind / /mnt 2>/dev/null'],
-                           capture_output=True, timeout=30)
-    return probe.returncode == 0
-
-
-def test_a_really_read_only_run_directory(bad_input_base, tmp_path):
-    """``lmlab eval`` and ``lmlab report`` on a real read-only bind mount of a run: refused before
-    any work with the --out fix, then done with --out; the run's files are untouched."""
-    if not _unshare_available():
-        pytest.skip("no private mount namespace (unshare -m) on this machine")
-    run = tmp_path / "run"
-    shutil.copytree(bad_input_base["finished"], run)
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    out = tmp_path / "out"
-    commands = [["eval", str(run), "--quiet"], ["eval", str(run), "--quiet", "--out", str(out)],
-                ["report", str(run)], ["report", str(run), "--out", str(out)]]
-    # every command inside one namespace, where the run directory is mounted read-only
-    script = _MOUNT_READ_ONLY + "".join(
-        f' && {{ "$PYTHON" -m lmlab {" ".join(c)}; echo "rc=$?"; }}' for c in commands)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
-           "RUN": str(run), "PYTHON": run_lmlab.__globals__["sys"].executable}
-    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=CONFIGS.parent)
-    codes = [line for line in done.stdout.splitlines() if line.startswith("rc=")]
-    assert codes == ["rc=2", "rc=0", "rc=2", "rc=0"], done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    assert (f"lmlab eval: error: cannot write the evaluation results: {run} is not writable "
-            "(Read-only file system)") in done.stderr
-    assert f"lmlab report: error: cannot write the report: {run} is not writable" in done.stderr
-    assert "could not write" not in done.stderr  # with --out, nothing tries the run directory
-    assert (out / "eval_results.json").is_file() and (out / "report.md").is_file()
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_epoch_mode_warns_once_the_planned_steps_are_known(tmp_path, capsys):

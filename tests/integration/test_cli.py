@@ -1,18 +1,21 @@
-"""The command line as a user meets it: exit codes, messages, no tracebacks, no wasted compute."""
+"""The command line as a user meets it: exit codes, messages, no tracebacks, no wasted compute.
+
+In-process (``lmlab.cli.main``, what ``python -m lmlab`` calls): an exit code and what is printed
+are all these check."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from helpers import CONFIGS, run_lmlab, tiny_args, write_jsonl
+from helpers import CONFIGS, run_main, tiny_args, write_jsonl
 from lmlab.cli import main
 
 DEBUG = str(CONFIGS / "debug.yaml")
 
 
-def test_info_json_reports_the_reference_parameter_count():
-    out = run_lmlab("info", DEBUG, "--json")
+def test_info_json_reports_the_reference_parameter_count(capsys):
+    out = run_main(capsys, "info", DEBUG, "--json")
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["params"] == 103_306_240 and info["model"] == "transformer"
@@ -31,11 +34,11 @@ def missing_val_root(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["check", "train"])
-def test_validation_without_val_files_is_refused_before_any_compute(command, tmp_path, missing_val_root):
+def test_validation_without_val_files_is_refused_before_any_compute(command, tmp_path, missing_val_root, capsys):
     # (how fast this is gets measured, not asserted: tests never assert timings)
     run = tmp_path / "run"
-    out = run_lmlab(command, DEBUG, f"data.root_dir={missing_val_root}",
-                    "data.sources={wiki: 1.0, web: 1.0}", f"dump_dir={run}")
+    out = run_main(capsys, command, DEBUG, f"data.root_dir={missing_val_root}",
+                "data.sources={wiki: 1.0, web: 1.0}", f"dump_dir={run}")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr + out.stdout
     assert str(missing_val_root / "wiki") in out.stderr
@@ -44,10 +47,10 @@ def test_validation_without_val_files_is_refused_before_any_compute(command, tmp
     assert not run.exists()  # nothing trained, nothing written
 
 
-def test_many_problems_are_reported_together(tmp_path):
-    out = run_lmlab("check", DEBUG, "optim.lrr=1", "steps=0", "data.batch_size=6",
-                    "training.grad_accum=4", "data.seq_len=-1", "optim.lr=0", "nonsense",
-                    f"data.root_dir={tmp_path / 'nope'}", f"dump_dir={tmp_path / 'run'}")
+def test_many_problems_are_reported_together(tmp_path, capsys):
+    out = run_main(capsys, "check", DEBUG, "optim.lrr=1", "steps=0", "data.batch_size=6",
+                "training.grad_accum=4", "data.seq_len=-1", "optim.lr=0", "nonsense",
+                f"data.root_dir={tmp_path / 'nope'}", f"dump_dir={tmp_path / 'run'}")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     for needle in ("optim.lrr: unknown key. Did you mean 'lr'?", "steps: must be > 0",
                    "not divisible by training.grad_accum=4", "data.seq_len: must be > 0",
@@ -55,22 +58,22 @@ def test_many_problems_are_reported_together(tmp_path):
         assert needle in out.stderr, needle
 
 
-def test_unwritable_dump_dir_and_missing_config(tmp_path):
+def test_unwritable_dump_dir_and_missing_config(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    out = run_lmlab("check", str(CONFIGS / "quickstart.yaml"), f"dump_dir={blocker / 'run'}")
+    out = run_main(capsys, "check", str(CONFIGS / "quickstart.yaml"), f"dump_dir={blocker / 'run'}")
     assert out.returncode == 2 and "dump_dir" in out.stderr and "not a directory" in out.stderr
-    out = run_lmlab("check", str(tmp_path / "missing.yaml"))
+    out = run_main(capsys, "check", str(tmp_path / "missing.yaml"))
     assert out.returncode == 2 and "config file not found" in out.stderr
 
 
-def test_empty_data_file_and_cuda_without_gpu(tmp_path):
+def test_empty_data_file_and_cuda_without_gpu(tmp_path, capsys):
     root = tmp_path / "data"
     write_jsonl(root / "s" / "s.chunk.00.jsonl", ["text"])
     (root / "s" / "s.chunk.01.jsonl").write_text("")
     write_jsonl(root / "s" / "s.val.jsonl", ["text"])
-    out = run_lmlab("check", DEBUG, f"data.root_dir={root}", "data.sources={s: 1}", "device=cuda",
-                    f"dump_dir={tmp_path / 'run'}")
+    out = run_main(capsys, "check", DEBUG, f"data.root_dir={root}", "data.sources={s: 1}", "device=cuda",
+                f"dump_dir={tmp_path / 'run'}")
     assert out.returncode == 2
     assert "s.chunk.01.jsonl: data file is empty" in out.stderr
     import torch

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tokenizers as hf
 
-from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_lmlab
+from helpers import CONFIGS, TINY_TRANSFORMER, data_overrides, run_main
 from lmlab.cli import main
 from lmlab.data import field_tokenizers
 from lmlab.data.field_tokenizers import (LLAMA3_PATTERN, MAX_ENCODE_CHARS, MAX_RUN_CHARS, HFTokenizer,
@@ -403,11 +403,11 @@ def test_bad_tokenizer_files_stop_lmlab_train_with_exit_2(files, jsonl_root, tmp
         assert not (run / "checkpoints").exists()
 
 
-def test_a_tokenizer_file_that_is_not_one_exits_2_from_the_command_line(files, tmp_path):
+def test_a_tokenizer_file_that_is_not_one_exits_2_from_the_command_line(files, tmp_path, capsys):
     notes = tmp_path / "tokenizer.model"
     notes.write_text("not a model\n")
-    done = run_lmlab("check", str(CONFIGS / "debug.yaml"), "data.tokenizer.name=sentencepiece",
-                     f"data.tokenizer.path={notes}")
+    done = run_main(capsys, "check", str(CONFIGS / "debug.yaml"), "data.tokenizer.name=sentencepiece",
+                    f"data.tokenizer.path={notes}")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{notes} is not a SentencePiece .model file" in done.stderr and "fix:" in done.stderr
 

@@ -3,20 +3,15 @@ bytes), ``lmlab data inspect``, the reader (every window once per pass, exact re
 order), and each refusal: exit 2, the file named, the fix, no traceback."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import CONFIGS, REPO, SHARED_DATA, TINY_TRANSFORMER, make_jsonl_root, same_weights, toy_texts, write_jsonl
+from helpers import CONFIGS, TINY_TRANSFORMER, make_jsonl_root, same_weights, shard_checksums, toy_texts, write_jsonl
 from lmlab.cli import main
 from lmlab.data import manifest as mf, sources
 from lmlab.data.badrecords import BadRecords
@@ -27,17 +22,11 @@ from lmlab.data.prepared import PreparedLoader, TokenStream, permute, validation
 from lmlab.data.sources import DataConfig
 from lmlab.data.tokenizers import BPETokenizer, ByteTokenizer, WordTokenizer, save_tokenizer
 
-WEBTEXT = SHARED_DATA / "webtext" / "CC-MAIN-20190717121559-20190717143559-00140.jsonl"
 
 
 def prep(source: Path, out: Path, **options) -> dict:
     opts = PrepareOptions(source=str(source), out=str(out), **{"shard_tokens": 1500, "workers": 1, **options})
     return prepare(opts, progress=False, log=lambda line: None)
-
-
-def checksums(folder: Path) -> dict[str, str]:
-    files = sorted(folder.glob("*.bin")) + sorted(folder.glob("*.idx.npy"))
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def stream(folder: Path, split: str = "train") -> np.ndarray:
@@ -72,7 +61,7 @@ def test_any_worker_count_writes_the_same_shards(tmp_path, source, prepared):
     assert manifest["complete"] and manifest["dtype"] == "uint16"
     assert len(manifest["splits"]["train"]["shards"]) > 3 and manifest["splits"]["val"]["shards"]
     assert prep(source, tmp_path / "two", workers=2)["splits"] == manifest["splits"]
-    assert checksums(tmp_path / "two") == checksums(prepared)
+    assert shard_checksums(tmp_path / "two") == shard_checksums(prepared)
     # every document is [BOS] + bytes + [EOS], in input order, the bad record skipped and counted
     texts = [json.loads(line)["text"] for f in ("alpha.chunk.00.jsonl", "alpha.chunk.01.jsonl")
              for line in (source / f).read_text().splitlines() if line.strip() and "5}" not in line
@@ -143,7 +132,7 @@ def test_bpe_and_a_vocabulary_past_uint16(tmp_path, source):
 
 
 def test_interrupted_and_rerun_gives_the_same_bytes(tmp_path, source, prepared):
-    want = checksums(prepared)
+    want = shard_checksums(prepared)
     out = tmp_path / "again"
     for stop in (("train", 0), ("train", 3), ("val", 0)):  # after that shard is recorded
         def interrupt(split, index, stop=stop):
@@ -156,44 +145,12 @@ def test_interrupted_and_rerun_gives_the_same_bytes(tmp_path, source, prepared):
         assert not manifest["complete"] and not list(out.glob(".*.tmp-*"))
         assert mf.check_prepared(DataConfig(source="prepared", path=str(out)))[0].fix.startswith("re-run `")
     prep(source, out, workers=2)
-    assert checksums(out) == want
+    assert shard_checksums(out) == want
     # a truncated recorded shard and a stray temporary file: redone / removed
     (out / "train.00002.bin").write_bytes((out / "train.00002.bin").read_bytes()[:100])
     (out / ".train.00004.bin.tmp-1").write_bytes(b"x")
     prep(source, out)
-    assert checksums(out) == want and not list(out.glob(".*.tmp-*"))
-
-
-def test_ctrl_c_in_a_real_process_then_the_same_command_continues(tmp_path):
-    src = tmp_path / "web"
-    src.mkdir()
-    (src / "web.chunk.00.jsonl").write_bytes(WEBTEXT.read_bytes())
-    command = [sys.executable, "-m", "lmlab", "data", "prepare", str(src), "--shard-tokens", "200000",
-               "--workers", "2", "--quiet"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    straight = subprocess.run(command + ["--out", str(tmp_path / "straight")], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
-    assert straight.returncode == 0, straight.stderr
-    out = tmp_path / "out"
-    proc = subprocess.Popen(command + ["--out", str(out)], env={**env, "LMLAB_PREPARE_PAUSE_AFTER": "2"},
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            manifest = mf.read_manifest(out) if (out / mf.MANIFEST_FILE).exists() else None
-            if manifest and len(manifest["splits"]["train"]["shards"]) == 2:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and "Run the same command again to continue" in err
-    again = subprocess.run(command + ["--out", str(out)], env=env, cwd=REPO, capture_output=True, text=True,
-                           timeout=120)
-    assert again.returncode == 0, again.stderr
-    assert checksums(out) == checksums(tmp_path / "straight")
+    assert shard_checksums(out) == want and not list(out.glob(".*.tmp-*"))
 
 
 def test_inspect_shows_counts_tokenizer_bad_records_and_a_sample(prepared, capsys):

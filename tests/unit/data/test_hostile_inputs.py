@@ -177,11 +177,3 @@ def test_align_on_a_long_line_and_on_paragraphs(tmp_path):
         assert prepare_inputs.align(handle, 200_011, len(data), "jsonl") == len(data)
 
 
-def test_no_traceback_in_a_real_process(tmp_path):
-    """One subprocess: what a user sees for a gzip source (in-process tests cannot see sys.excepthook)."""
-    from helpers import run_lmlab
-    source = tmp_path / "a.jsonl"
-    source.write_bytes(gzip.compress(lines({"text": "hello"})))
-    done = run_lmlab("data", "prepare", str(source), "--out", str(tmp_path / "o"), "--quiet", timeout=120)
-    assert done.returncode == 2 and "Traceback" not in done.stderr and "gzip-compressed" in done.stderr
-    assert not (tmp_path / "o").exists()

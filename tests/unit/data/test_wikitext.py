@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import CONFIGS, SHARED_DATA, run_lmlab
+from helpers import CONFIGS, SHARED_DATA, run_main
 from lmlab.data.tokenizers import WordTokenizer
 from lmlab.data.wikitext import SequenceLoader, build_sequences, read_split_lines
 
@@ -49,22 +49,22 @@ def test_sequence_loader_resumes_and_reshuffles_per_epoch():
     assert all(torch.equal(resumed.next_batch(), b) for b in batches[6:])
 
 
-def test_offline_without_local_copy_is_a_preflight_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the subprocess inherits it: never downloads
-    out = run_lmlab("check", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), f"dump_dir={tmp_path / 'r'}")
+def test_offline_without_local_copy_is_a_preflight_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # lmlab reads it at the check: never downloads
+    out = run_main(capsys, "check", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), f"dump_dir={tmp_path / 'r'}")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "data.path" in out.stderr and "wiki.{train,valid,test}.raw" in out.stderr
-    out = run_lmlab("check", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), f"data.path={tmp_path}",
-                  f"dump_dir={tmp_path / 'r'}")
+    out = run_main(capsys, "check", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), f"data.path={tmp_path}",
+                   f"dump_dir={tmp_path / 'r'}")
     assert out.returncode == 2
     assert f"Put wiki.train.raw (raw) or train.txt (tokenized) there, e.g. {tmp_path / 'train.txt'}" in out.stderr
 
 
 @needs_wikitext
-def test_info_counts_sequences_from_local_data():
+def test_info_counts_sequences_from_local_data(capsys):
     import json
-    out = run_lmlab("info", str(CONFIGS / "newllm_wikitext2.yaml"), f"data.path={WIKITEXT}",
-                    "data.train_split=test", "--json")
+    out = run_main(capsys, "info", str(CONFIGS / "newllm_wikitext2.yaml"), f"data.path={WIKITEXT}",
+                   "data.train_split=test", "--json")
     info = json.loads(out.stdout)
     assert info["params"] == 2_739_432 and info["val_sequences"] == 5272
     assert info["train_sequences"] == 5920 and info["lr"] == pytest.approx(4e-4)
