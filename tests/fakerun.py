@@ -6,9 +6,11 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lmlab import rundir
+from lmlab.runlog import EventLog
 
 FAKE_MODEL_SIZE = {"model": "transformer", "params": 123456, "flops_per_token": 987654,
                    "formula": "6N + 12*L*d*T", "vocab_size": 260, "seq_len": 32, "tokens_per_step": 64}
@@ -61,3 +63,13 @@ def write_fake_run(run: Path, model_size: dict | None = FAKE_MODEL_SIZE, steps: 
     (rundir.checkpoints_root(run) / f"{rundir.TMP_PREFIX}{rundir.step_name(30)}").mkdir()
     (rundir.checkpoints_root(run) / rundir.step_name(40)).mkdir()  # no train state: incomplete
     return run
+
+
+def fail_in_validation(run: Path) -> None:
+    """A run whose event log records a ValueError raised in phase validate (inside train)."""
+    log = EventLog(run)
+    with pytest.raises(ValueError):
+        with log.run():
+            with log.phase("train"):
+                with log.phase("validate"):
+                    raise ValueError("shape mismatch")

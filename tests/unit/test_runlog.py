@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fakerun import fail_in_validation
 from lmlab.data.wikitext import read_split_lines
 from lmlab.errors import LmlabError
 from lmlab.rundir import ERRORS_DIR, EVENTS_FILE, read_jsonl
@@ -105,12 +106,7 @@ def test_run_records_the_result_and_a_failure_once(tmp_path):
     with pytest.raises(ValueError):
         ok.set_result("done")
 
-    bad = EventLog(tmp_path / "bad")
-    with pytest.raises(ValueError):
-        with bad.run():
-            with bad.phase("train"):
-                with bad.phase("validate"):
-                    raise ValueError("shape mismatch")
+    fail_in_validation(tmp_path / "bad")
     end = read_events(tmp_path / "bad")[-1]
     assert (end["event"], end["status"], end["phase"]) == ("run_end", "failed", "validate")
     assert len(list((tmp_path / "bad" / ERRORS_DIR).iterdir())) == 1  # recorded once, innermost

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from fakerun import fail_in_validation
 from lmlab import rundir
 from lmlab.reports.status import read_events, run_status
 from lmlab.runlog import EventLog
@@ -19,12 +20,7 @@ def test_run_records_the_result_and_failures(tmp_path):
         ok.set_result("stopped early", step=5)
     assert run_status(tmp_path / "ok")["status"] == "stopped early"
 
-    bad = EventLog(tmp_path / "bad")
-    with pytest.raises(ValueError):
-        with bad.run():
-            with bad.phase("train"):
-                with bad.phase("validate"):
-                    raise ValueError("shape mismatch")
+    fail_in_validation(tmp_path / "bad")
     status = run_status(tmp_path / "bad")
     assert status["status"] == "failed" and status["phase"] == "validate"
     assert status["exception"]["type"] == "ValueError"
