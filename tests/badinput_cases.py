@@ -99,7 +99,7 @@ CASES = [
                                   "beta/b.chunk.00.jsonl": ["y"], "beta/b.val.jsonl": ["v"]}),
          ("{tmp}/newdata/alpha/a.chunk.00.jsonl: data file is empty",
           "fix: remove it or fill it with one JSON object per line")),
-    # bad records: skipped and counted up to data.max_bad_records (tests/test_bad_inputs_data.py has
+    # bad records: skipped and counted up to data.max_bad_records (tests/integration/test_bad_inputs_data.py has
     # the budget's other rows); at 0 the first one stops the run, naming file:line and the fix
     Case("malformed_json_line", lambda c: bad_line_argv(c, b'{"text": "half a line', "data.max_bad_records=0"),
          ("{tmp}/newdata/s/s.chunk.00.jsonl:3: malformed JSON", "over the budget data.max_bad_records=0",

@@ -1,4 +1,6 @@
-"""Shared fixtures (plain helpers live in tests/helpers.py)."""
+"""Shared fixtures: the tiers, the toy corpora, one thread, hand-written runs, and the trained runs
+every tier shares (``trained_run``: each tiny recipe of helpers.RECIPES trained once a session).
+Plain helpers live in tests/helpers.py."""
 from __future__ import annotations
 
 import contextlib
@@ -85,6 +87,20 @@ def one_thread():
         yield
 
 
+# --------------------------------------------------------------------------- runs written by hand
+
+
+@pytest.fixture
+def make_fake_run():
+    """``make_fake_run(path, model_size=..., steps=20)``: see ``fakerun.write_fake_run``."""
+    return write_fake_run
+
+
+@pytest.fixture
+def fake_run(tmp_path) -> Path:
+    return write_fake_run(tmp_path / "fake")
+
+
 # --------------------------------------------------------------------------- trained runs
 
 
@@ -118,17 +134,6 @@ def trained_run(tmp_path_factory, tiny_corpus, tiny_wikitext):
         return runs[name]
 
     return trained
-
-
-@pytest.fixture
-def make_fake_run():
-    """``make_fake_run(path, model_size=..., steps=20)``: see ``fakerun.write_fake_run``."""
-    return write_fake_run
-
-
-@pytest.fixture
-def fake_run(tmp_path) -> Path:
-    return write_fake_run(tmp_path / "fake")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Bad data, table-driven like tests/test_bad_inputs.py (same checks: exit code, no traceback, the
+"""Bad data, table-driven like tests/integration/test_bad_inputs.py (same checks: exit code, no traceback, the
 culprit and the fix named, nothing that was there lost): bad records within and over the budget
 ``data.max_bad_records``, ``lmlab check CONFIG --data``, data that yields nothing (every text empty,
 validation text shorter than one window, in training and in ``lmlab eval``), and a file that is in

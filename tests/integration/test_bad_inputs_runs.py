@@ -1,4 +1,4 @@
-"""Bad inputs about the run directory itself, table-driven like tests/test_bad_inputs.py (same checks:
+"""Bad inputs about the run directory itself, table-driven like tests/integration/test_bad_inputs.py (same checks:
 exit code, no traceback, the culprit and the fix named, nothing that was there lost): a dump_dir
 that is empty (an unset shell variable), a folder that is not an lmlab run, a run that another
 process is training. And the folders that are ours: an older run without the marker, the folder

@@ -1,4 +1,4 @@
-"""Bad values and unwritable places, table-driven like tests/test_bad_inputs.py (same checks: exit
+"""Bad values and unwritable places, table-driven like tests/integration/test_bad_inputs.py (same checks: exit
 code, no traceback, the culprit and the fix named, nothing that was there lost): non-finite floats
 anywhere in a config, a warmup longer than the run (a warning: the run goes on), a read-only run
 directory for ``lmlab eval`` / ``lmlab report`` (refused before the work, or results printed when a
@@ -6,7 +6,7 @@ write fails after it; ``--out DIR`` for both), and prompts beyond the model's co
 
 Read-only folders: the tests run as root, which ignores permission bits, so ``read_only`` makes a
 folder refuse what creates or changes files in it (``os.open`` for writing, ``open`` in a writing
-mode, ``os.mkdir``) with EROFS, as a read-only mount does. ``test_a_really_read_only_run_directory``
+mode, ``os.mkdir``) with EROFS, as a read-only mount does. tests/system/test_bad_inputs_values.py
 checks the same behaviour on a real read-only bind mount, in a private mount namespace
 (``unshare -m``), where the machine allows one.
 """
@@ -211,7 +211,7 @@ def test_a_non_finite_weight_is_the_only_problem_reported(bad_input_base, tmp_pa
 
 def sharpen(run: Path) -> None:
     """After 6 steps the base run's model gives nearly the same logits whatever it reads, so every
-    prompt would continue alike; wider weights (as tests/evaluation's peaked models) make its
+    prompt would continue alike; wider weights (as tests/unit/evaluation's peaked models) make its
     output depend on the prompt."""
     from safetensors import safe_open
     from safetensors.torch import save_file

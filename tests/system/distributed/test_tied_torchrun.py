@@ -2,7 +2,7 @@
 
 DDP's rank 0 wrote the tied matrix under the name safetensors' ``save_model`` picked
 (``output.weight``), which no resume could load; now it is ``tok_embeddings.weight``, as under
-FSDP and on one process (tests/training/test_tied_weights.py covers one process). About 10 s.
+FSDP and on one process (tests/integration/training/test_tied_weights.py covers one process). About 10 s.
 """
 from __future__ import annotations
 

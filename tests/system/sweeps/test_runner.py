@@ -1,7 +1,7 @@
 """The local runner with stand-in trials (small Python scripts instead of ``lmlab train``): a failed
 trial is recorded with its exit code and crash line and the sweep goes on; Ctrl-C reaches every
 running trial's process group and the sweep waits for them; the CPU cores are split; a locked run
-directory is waited for. The real thing (training, kill -9, resume) is tests/sweeps/test_local.py."""
+directory is waited for. The real thing (training, kill -9, resume) is tests/system/sweeps/test_local.py."""
 from __future__ import annotations
 
 import fcntl

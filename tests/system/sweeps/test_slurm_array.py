@@ -2,7 +2,7 @@
 script of ``lmlab slurm``, with its requeue behaviour). The scripts pass ``bash -n``; one task is run
 as SLURM would run it (SLURM_* variables, stub srun / scontrol first on PATH), exec'ing the trial's
 script, which trains the trial to the end and logs where SLURM's ``--output`` pattern points. The
-same script's preemption and requeue are tests/distributed/test_slurm.py's."""
+same script's preemption and requeue are tests/system/distributed/test_slurm.py's."""
 from __future__ import annotations
 
 import os

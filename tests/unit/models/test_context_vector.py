@@ -14,14 +14,9 @@ from lmlab.models.protocol import LanguageModel
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine the thread barriers of
-    every small op cost far more than the op itself."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors gain nothing from threads, and on a busy machine the thread barriers of every small
+# op cost far more than the op itself.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**overrides) -> ContextVectorConfig:
