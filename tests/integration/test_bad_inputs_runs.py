@@ -19,9 +19,6 @@ from lmlab.runlock import RunLock
 HELD: list[RunLock] = []  # locks a case's setup holds, released after the case
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(autouse=True)
 def _release_held_locks():
     yield

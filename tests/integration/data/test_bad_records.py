@@ -33,9 +33,6 @@ RUN = [*TINY_TRANSFORMER, "data.seq_len=32", "data.batch_size=2", "logging.every
        "optim.warmup=20", "data.sources={s: 1}"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bad_records") / "data"

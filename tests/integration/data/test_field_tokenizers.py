@@ -339,7 +339,6 @@ def train_argv(root: Path, run: Path, kind: str, path: Path, *extra: str) -> lis
             f"data.tokenizer.name={kind}", f"data.tokenizer.path={path}", *extra]
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_run_trains_evaluates_generates_and_exports_with_the_file(files, kind, jsonl_root, tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
@@ -369,7 +368,6 @@ def test_a_run_trains_evaluates_generates_and_exports_with_the_file(files, kind,
         assert fast(text).input_ids == [tok.bos_id, *tok.encode(text)], text
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_exporting_a_sentencepiece_run_without_protobuf_exits_2_and_writes_nothing(files, jsonl_root, tmp_path,
                                                                                    monkeypatch, capsys):
     """SentencePiece's model is read with protobuf, which only the [tokenizers] extra brings."""

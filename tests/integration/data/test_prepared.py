@@ -230,7 +230,6 @@ def test_validation_windows_in_order(prepared):
 # --------------------------------------------------------------------------- training
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_training_on_prepared_shards_resumes_bitwise(tmp_path, prepared):
     def train(run: Path, *extra: str) -> int:
         return main(["train", str(CONFIGS / "debug.yaml"), *TINY_TRANSFORMER, "data.source=prepared",
@@ -275,7 +274,6 @@ REFUSALS = {  # id: (damage(tmp_path, prepared) -> extra train args, what the me
 }
 
 
-@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_training_refuses_a_bad_prepared_folder(case, tmp_path, prepared, capsys):
     damage, needles = REFUSALS[case]
@@ -290,7 +288,6 @@ def test_training_refuses_a_bad_prepared_folder(case, tmp_path, prepared, capsys
     assert not (run / "checkpoints").exists()  # refused before training
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_resuming_with_data_prepared_by_another_tokenizer_is_refused(tmp_path, source, prepared, capsys):
     other = tmp_path / "bpe_prepared"
     prep(source, other, tokenizer="bpe", vocab_size=300)
@@ -304,7 +301,6 @@ def test_resuming_with_data_prepared_by_another_tokenizer_is_refused(tmp_path, s
     assert str(other) in err and "this run's tokenizer" in err and "Fix:" in err
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_a_source_changed_since_preparing(tmp_path, source, prepared, capsys):
     chunk = source / "alpha.chunk.00.jsonl"
     chunk.write_bytes(chunk.read_bytes() + b'{"text": "one more"}\n')

@@ -19,8 +19,6 @@ from lmlab.data.sources import DataConfig, training_sources
 from lmlab.data.tokenizers import ByteTokenizer
 from lmlab.errors import LmlabError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def corpus(root, bad_line: int | None = None):
     """Source 's': three files of 7, 11 and 5 documents (one line bad when asked)."""

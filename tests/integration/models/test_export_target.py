@@ -17,8 +17,6 @@ from helpers import copy_run
 from lmlab.apps.export import EXPORT_MARKER
 from lmlab.cli import main
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def runs(trained_run, tmp_path_factory) -> Path:

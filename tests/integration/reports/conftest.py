@@ -15,11 +15,6 @@ from lmlab.preflight import load_and_check
 from lmlab.runlog import EventLog
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    """Every report test on one thread (tests/conftest.py says why)."""
-
-
 @pytest.fixture
 def valid_png():
     """``valid_png(path)`` asserts that ``path`` is a readable PNG of a real size."""

@@ -22,8 +22,6 @@ from lmlab.models.transformer import Transformer, TransformerConfig
 from lmlab.models.weights import load_model_weights
 from lmlab.rundir import CHECKPOINTS_DIR, EVAL_RESULTS_FILE, METRICS_FILE, read_json, read_jsonl
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # as trained_run trains: bitwise comparable
-
 
 @pytest.fixture(scope="module")
 def tied_runs(trained_run, tiny_corpus, tmp_path_factory) -> tuple[Path, Path]:
