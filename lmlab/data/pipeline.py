@@ -13,13 +13,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from lmlab.data import loader, prepared, sources, wikitext, yields
 from lmlab.data.badrecords import BadRecords, OnRecord, warn
-from lmlab.data.tokenizers import Tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
+from lmlab.data.sources import Source
+from lmlab.data.tokenizers import Tokenizer, encode_batch, load_tokenizer, save_tokenizer, train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.rundir import TOKENIZER_FILE
 
@@ -158,7 +159,7 @@ def build_validation(data: sources.DataConfig, max_steps: int, tokenizer: Tokeni
             found.extend(prepared_yields)
             return out
         val_sources, tally = sources.validation_sources(data, bad), {}
-        out = loader.validation_windows(val_sources, tokenizer, data.seq_len, limit, tally)
+        out = validation_windows(val_sources, tokenizer, data.seq_len, limit, tally)
         bad.check("Stopped while reading the validation data.")
         found.extend(yields.validation_yields(val_sources, tally, data.seq_len))
         return out
@@ -166,7 +167,43 @@ def build_validation(data: sources.DataConfig, max_steps: int, tokenizer: Tokeni
     def batches() -> Iterable[torch.Tensor]:
         if not cache:
             cache.append(windows())
-        return loader.fixed_batches(cache[0], data.batch_size)
+        return fixed_batches(cache[0], data.batch_size)
 
     byte_lengths = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.float64)
     return ValidationData(batches, byte_lengths, tokenizer.pad_id, found)
+
+
+def validation_windows(sources: list[Source], tokenizer: Tokenizer, seq_len: int,
+                       max_windows: int | None = None, tally: dict | None = None) -> torch.Tensor:
+    """Every validation document, in file order, packed into (N, seq_len + 1) windows.
+
+    Deterministic (no shuffling), so validation numbers are comparable across steps and runs. The
+    tail shorter than a window is dropped; ``max_windows`` caps the work for a token budget.
+    ``tally`` (optional) receives, per source read, ``{name: {"tokens", "windows", "complete"}}``:
+    its text tokens and windows, and whether it was read to the end (not cut by ``max_windows``).
+    """
+    windows: list[list[int]] = []
+    for source in sources:
+        buffer: list[int] = []
+        count = {"tokens": 0, "windows": 0, "complete": False}
+        if tally is not None:
+            tally[source.name] = count
+        for doc_file in source.files:
+            texts = list(doc_file.texts())
+            for ids in encode_batch(tokenizer, texts):
+                count["tokens"] += len(ids)
+                buffer += [tokenizer.bos_id] + ids + [tokenizer.eos_id]
+                while len(buffer) >= seq_len + 1:
+                    windows.append(buffer[: seq_len + 1])
+                    count["windows"] += 1
+                    del buffer[:seq_len]
+                    if max_windows is not None and len(windows) >= max_windows:
+                        return torch.tensor(windows, dtype=torch.long)
+        count["complete"] = True
+    return torch.tensor(windows, dtype=torch.long).reshape(-1, seq_len + 1)
+
+
+def fixed_batches(windows: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive batches of a fixed window tensor (the last may be smaller)."""
+    for start in range(0, len(windows), batch_size):
+        yield windows[start: start + batch_size]

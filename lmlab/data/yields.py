@@ -114,7 +114,7 @@ def training_yield(source: Source, tokenizer: Tokenizer, seq_len: int, key: str,
 
 
 def validation_yields(sources: list[Source], tally: dict, seq_len: int) -> list[Yield]:
-    """Per source, what ``loader.validation_windows`` built (its ``tally``); raises naming the files
+    """Per source, what ``pipeline.validation_windows`` built (its ``tally``); raises naming the files
     when the whole set, or a source read to its end, gives no window."""
     out = []
     for source in sources:

@@ -31,10 +31,6 @@ class ValidationConfig:
     max_steps: int = field(default=0, metadata={
         "help": "Use at most this many validation batches (0: the whole validation set)."})
 
-    def due(self, step: int, total: int) -> bool:
-        """Step mode: every ``every`` steps and at the end (epoch mode validates at each epoch end)."""
-        return self.enabled and (step == total or (self.every > 0 and step % self.every == 0))
-
 
 def check(cfg: ValidationConfig) -> list[Problem]:
     problems = []

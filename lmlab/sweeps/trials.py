@@ -20,6 +20,7 @@ from lmlab.config import RunConfig, load_config_collecting
 from lmlab.errors import ConfigError, Problem
 from lmlab.preflight import load_and_check, preflight_warnings
 from lmlab.sweeps.spec import Axis, SweepSpec
+from lmlab.training.trainer import Schedule
 
 MAX_NAME = 120  # longer names end in a hash of the rest (file systems allow 255 bytes)
 SEED_KEY = "seed"
@@ -199,7 +200,7 @@ def early_stop_problems(spec: SweepSpec, configs: dict[str, RunConfig]) -> list[
             problems.append(Problem("early_stop", f"trial {name} does not validate "
                                     "(eval.validation.enabled is false).", "set eval.validation.enabled=true"))
         else:
-            missing = [s for s in spec.early_stop["steps"] if s >= cfg.steps or not val.due(s, cfg.steps)]
+            missing = [s for s in spec.early_stop["steps"] if s >= cfg.steps or not Schedule.of(cfg, cfg.steps).validates(s)]
             if missing:
                 problems.append(Problem("early_stop.steps", f"{missing} are not validation steps before the "
                                         f"end of trial {name} (steps={cfg.steps}, eval.validation.every="

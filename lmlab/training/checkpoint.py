@@ -44,9 +44,6 @@ class CheckpointConfig:
         "help": "Keep the newest this many step checkpoints (0 keeps all); best/ and final/ are "
                 "never deleted."})
 
-    def due(self, step: int, total: int) -> bool:
-        return step % self.every == 0 or step == total
-
 
 def check(cfg: CheckpointConfig) -> list[Problem]:
     problems = []

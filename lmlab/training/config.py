@@ -35,14 +35,6 @@ class TrainingConfig:
                 "decides at every step, so it reads the loss back from the device at every step; "
                 "with 0 a non-finite step is found at the next logging or checkpoint step."})
 
-    def stops_at(self, step: int, total: int) -> bool:
-        """This invocation ends after ``step`` (``stop_at``) although the run is not done."""
-        return 0 < self.stop_at <= step < total
-
-    def last_step(self, total: int) -> int:
-        """The step this invocation plans to end at (a resume past ``stop_at`` trains one more)."""
-        return self.stop_at if 0 < self.stop_at < total else total
-
 
 def check(cfg: TrainingConfig) -> list[Problem]:
     problems = []

@@ -71,11 +71,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
     return cls(groups, **kwargs)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 def warmup_warnings(cfg: OptimConfig, total_steps: int, epochs: int = 0) -> list[Problem]:
     """Allowed but almost never meant: a warmup as long as the run (``total_steps``; in epoch mode,
     those of ``epochs`` epochs) or longer keeps the learning rate below its peak the whole run and

@@ -1,6 +1,9 @@
 """What a run trains, and its optimizer step: the model from its config (with the checkpoint's
 weights when resuming), wrapped for several processes, compiled or CUDA-graphed, the optimizer,
-the loss scaler, their size; ``TrainingParts.step`` is one optimizer step over a batch.
+the loss scaler, their size; ``TrainingParts.step`` is one optimizer step over a batch, and
+``NonFiniteGuard`` judges its result: a run stops at its first non-finite step, naming it and its
+last good checkpoint (or skips a few, ``training.skip_nonfinite_steps``), and nothing computed
+from it is logged or saved.
 
 The step never reads a value back from the device: loss and gradient norm stay tensors until the
 loop needs them on the host (a logging, validation or checkpoint step), as in nanoGPT and
@@ -16,7 +19,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmlab import rundir
 from lmlab.data.loader import IGNORE_INDEX, pad_rows, split_window
+from lmlab.errors import LmlabError
 from lmlab.models import hf_llama
 from lmlab.models.registry import build_model, model_size, resolve_model_config
 from lmlab.models.weights import load_model_weights
@@ -43,6 +48,62 @@ class StepResult:
         return math.isfinite(loss) and (scaled or math.isfinite(norm))
 
 
+class NonFiniteGuard:
+    """Stops a run at its first non-finite step, naming it and the last good checkpoint.
+
+    By default it remembers, on the device, the first step whose loss or gradient norm was not
+    finite, and ``check`` (called before anything computed from the weights leaves the loop: a
+    log line, a validation, a checkpoint) raises then, without reading every step back to the
+    host. With ``training.skip_nonfinite_steps`` > 0 the step itself decides
+    (``TrainingParts.step``'s ``skip_nonfinite``) and the guard counts the skips against that budget.
+    """
+
+    def __init__(self, device: torch.device, scaled: bool, skip_budget: int, run_dir: Path):
+        self.scaled, self.skip_budget, self.run_dir = scaled, skip_budget, run_dir
+        self.per_step = skip_budget > 0
+        self._first_bad = torch.zeros((), dtype=torch.long, device=device)
+        self._unchecked = False  # steps observed since the last check
+
+    def observe(self, step: int, result: StepResult, skipped: int, say) -> int:
+        """Judge step ``step``'s result; returns the run's count of skipped steps (``skipped`` so far,
+        one more if this step was skipped)."""
+        if not result.applied:
+            return self._skip_or_stop(step, result, skipped, say)
+        if not self.per_step:
+            finite = torch.isfinite(result.loss)
+            if not self.scaled:  # under a GradScaler an infinite gradient is the scaler's to skip
+                finite = finite & torch.isfinite(result.grad_norm)
+            self._first_bad = torch.where(~finite & (self._first_bad == 0), step, self._first_bad)
+            self._unchecked = True
+        return skipped
+
+    def check(self) -> None:
+        """Raise if a step since the start of this invocation was not finite (one host sync, and
+        none when no step was observed since the last check)."""
+        if not self._unchecked:
+            return
+        self._unchecked = False
+        bad = int(self._first_bad.item())
+        if bad:
+            raise self._error(bad, "loss or gradient norm")
+
+    def _skip_or_stop(self, step: int, result: StepResult, skipped: int, say) -> int:
+        loss, grad_norm = torch.stack([result.loss, result.grad_norm.float()]).tolist()
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        if skipped >= self.skip_budget:
+            raise self._error(step, f"{what} (loss {loss}, grad norm {grad_norm})")
+        say(f"step {step}: non-finite {what} (loss {loss}, grad norm {grad_norm}); step skipped "
+            f"({skipped + 1}/{self.skip_budget})")
+        return skipped + 1
+
+    def _error(self, step: int, what: str) -> LmlabError:
+        return LmlabError(
+            f"non-finite {what} at step {step}; nothing computed from it was saved. Last good "
+            f"checkpoint: {rundir.latest_checkpoint(self.run_dir) or 'none'} (kept intact). Fix: "
+            "lower optim.lr, raise optim.warmup or enable clipping (optim.clip), then resume; or "
+            "allow a few skips with training.skip_nonfinite_steps=N.")
+
+
 @dataclass
 class TrainingParts:
     """The model and everything its optimizer step needs."""
@@ -66,9 +127,12 @@ class TrainingParts:
     def __post_init__(self):
         if self.forward is None:
             self.forward = self.model
+        # one autocast context, entered at every step (torchtitan's way): no per-step lookups
+        self.amp = self.runtime.autocast()
 
-    def step(self, batch: torch.Tensor, skip_nonfinite: bool = False) -> StepResult:
-        """One optimizer step over the global ``batch`` (B, T+1), split into ``grad_accum``
+    def step(self, batch: torch.Tensor, lr: float | None = None, skip_nonfinite: bool = False) -> StepResult:
+        """One optimizer step at learning rate ``lr`` (None: the optimizer's own) over the global
+        ``batch`` (B, T+1), split into ``grad_accum``
         micro-batches, of which this rank trains on its rows (all of them in a single process).
 
         Each micro-batch's loss is its summed cross-entropy over the valid targets of the whole
@@ -82,6 +146,9 @@ class TrainingParts:
         judges it later. Under fp16 the GradScaler skips overflowing gradients itself.
         """
         runtime, scaler, optimizer, d = self.runtime, self.scaler, self.optimizer, self.d
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         # one copy, then everything on the device: from pinned memory (data.prefetch) it overlaps
         inputs, targets = split_window(batch.to(runtime.device, non_blocking=True), self.pad_id)
         if self.static_rows is not None:
@@ -92,7 +159,7 @@ class TrainingParts:
             valid = (micro_targets != IGNORE_INDEX).sum()  # over the global micro-batch
             micro_inputs, micro_targets = shard_rows(micro_inputs, d), shard_rows(micro_targets, d)
             with accumulating(self.forward, last=i == len(micro_batches) - 1):  # DDP/FSDP: sync at the last
-                with runtime.autocast():
+                with self.amp:
                     logits = self.forward(micro_inputs)  # (b, T, V)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), micro_targets.flatten(),
                                        ignore_index=IGNORE_INDEX, reduction="sum") / valid

@@ -8,10 +8,10 @@ provenance.json, then trains to the end of the plan, a stop or a preemption. Ran
 the run directory; the other ranks wait for it where they read what it wrote.
 
 Step mode (``steps``) streams packed windows; epoch mode (``epochs`` > 0) passes over a fixed set
-of sequences, validating and checkpointing at each epoch's end (with early stopping). Everything
-else a step may do is decided by the component that owns it: ``logging.due``, ``checkpoint.due``,
-``eval.validation.due``, ``training.stops_at``, and, at a checkpoint, ``eval.due`` (the harness
-tasks: ``evaluation.at_checkpoints``). The host reads values back from the device only where it
+of sequences, validating and checkpointing at each epoch's end (with early stopping). When the loop
+logs, validates, checkpoints and stops is its ``Schedule``, one place for ``logging.every``,
+``eval.validation.every``, ``checkpoint.every`` and ``training.stop_at``; at a checkpoint the
+harness tasks decide for themselves (``eval.due``, ``evaluation.at_checkpoints``). The host reads values back from the device only where it
 must (a logging, validation or checkpoint step); ``NonFiniteGuard`` makes sure nothing computed
 from a non-finite step is logged or saved.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from lmlab import rundir
 from lmlab.atomic import write_text
 from lmlab.data.documents import DataChanged
 from lmlab.data.pipeline import RunData, build_data
-from lmlab.data.prefetch import Prefetcher, read_ahead, stop_reading
+from lmlab.data.loader import Prefetcher, read_ahead, stop_reading
 from lmlab.errors import LmlabError, Problem, show_warnings
 from lmlab.evaluation.at_checkpoints import HarnessAtCheckpoints, Outcome
 from lmlab.evaluation.validation import validation_metrics
@@ -42,16 +43,54 @@ from lmlab.runlog import EventLog, write_provenance
 from lmlab.runtime import device_info, resolve_runtime
 from lmlab.training import checkpoint as ckpt
 from lmlab.training import distributed
-from lmlab.training.console import Console, LogWindow, format_train_line, format_val_line
 from lmlab.training.distributed import SINGLE, Dist
-from lmlab.training.metrics import peak_memory_gib, throughput
-from lmlab.training.nonfinite import NonFiniteGuard
-from lmlab.training.optim import lr_at, set_lr, warmup_warnings
-from lmlab.training.parts import StepResult, TrainingParts, build_parts
+from lmlab.training.metrics import (Console, LogWindow, format_train_line, format_val_line, model_line,
+                                    peak_memory_gib, throughput)
+from lmlab.training.optim import lr_at, warmup_warnings
+from lmlab.training.parts import NonFiniteGuard, StepResult, TrainingParts, build_parts
 from lmlab.training.signals import PreemptionSignals
 from lmlab.training.sinks import MetricSinks, NullSink, build_sinks, truncate_metrics
 from lmlab.training.state import (Resume, TrainState, find_resume, publish_interrupted, restore,
                                   saved_state)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the loop logs, validates, checkpoints and stops: each every so many steps, and all of
+    them at the run's last step ``total`` (a validation ``every`` of 0: only there)."""
+
+    total: int
+    log_every: int
+    save_every: int
+    validate_every: int | None  # None: no validation (eval.validation.enabled is false)
+    stop_at: int = 0  # training.stop_at: this invocation ends after this step (0: at the end)
+
+    @classmethod
+    def of(cls, cfg, total: int) -> "Schedule":
+        val = cfg.eval.validation
+        return cls(total, cfg.logging.every, cfg.checkpoint.every, val.every if val.enabled else None,
+                   cfg.training.stop_at)
+
+    def _on(self, step: int, every: int) -> bool:
+        return step == self.total or (every > 0 and step % every == 0)
+
+    def logs(self, step: int) -> bool:
+        return self._on(step, self.log_every)
+
+    def validates(self, step: int) -> bool:
+        return self.validate_every is not None and self._on(step, self.validate_every)
+
+    def saves(self, step: int) -> bool:
+        return self._on(step, self.save_every) or step == self.stop_at
+
+    def stops(self, step: int) -> bool:
+        """This invocation ends after ``step`` (``training.stop_at``) although the run is not done."""
+        return 0 < self.stop_at <= step < self.total
+
+    @property
+    def last_step(self) -> int:
+        """The step this invocation plans to end at (a resume past ``stop_at`` trains one more)."""
+        return self.stop_at if 0 < self.stop_at < self.total else self.total
 
 
 def epoch_of(step: int, steps_per_epoch: int) -> int:
@@ -152,7 +191,7 @@ class Trainer:
                                  resume and resume.checkpoint, pad_id=data.pad_id)
         self.state = restore(self.parts, data.train, resume, d) if resume else TrainState()
         data.train = read_ahead(data.train, cfg.data.prefetch, self.runtime.device, data.bad_records,
-                                limit=max(cfg.training.last_step(data.total_steps) - self.state.step, 0))
+                                limit=max(Schedule.of(cfg, data.total_steps).last_step - self.state.step, 0))
         if d.rank > 0 and not resume:
             torch.manual_seed(cfg.seed + d.rank)  # each rank its own dropout draws (rank 0 as alone)
         if resume:
@@ -166,7 +205,7 @@ class Trainer:
         # summing the Python floats would give, without reading each one back)
         self.epoch_loss = torch.tensor(self.state.epoch_loss_sum, dtype=torch.float64,
                                        device=self.runtime.device)
-        self._say_model()
+        self.console.line(model_line(self.parts.size, self.runtime, self.d))
 
     def _open_sink(self) -> MetricSinks | NullSink:
         """metrics.jsonl (+ W&B / TensorBoard) on rank 0; the other ranks log nowhere."""
@@ -207,7 +246,7 @@ class Trainer:
             return self._loop(self.data.total_steps)
 
     def _loop(self, total: int) -> dict:
-        cfg, window = self.cfg, LogWindow()
+        cfg, window, plan = self.cfg, LogWindow(), Schedule.of(self.cfg, total)
         self.console.start_progress(total, self.state.step)
         step = self.state.step
         while step < total:
@@ -216,33 +255,34 @@ class Trainer:
             batch = self._next_batch(step)  # stops here once bad data records ran over budget
             data_s = time.perf_counter() - started
             lr = lr_at(step, cfg.optim, total)
-            set_lr(self.parts.optimizer, lr)
-            result = self.parts.step(batch, skip_nonfinite=self.guard.per_step)
+            result = self.parts.step(batch, lr, skip_nonfinite=self.guard.per_step)
             self._account(step, batch, result, window, data_s)
-            if cfg.logging.due(step, total):
+            if plan.logs(step):
                 self._log(step, total, result, lr, window)
             if self.epoch_mode and step % self.data.steps_per_epoch == 0:
                 if self._end_epoch(step):  # validates and checkpoints itself
                     return self._finish(step, "stopped early")
             else:
-                if not self.epoch_mode and cfg.eval.validation.due(step, total):
+                if not self.epoch_mode and plan.validates(step):
                     self._validate(step)
-                if cfg.checkpoint.due(step, total) or step == cfg.training.stop_at:
+                if plan.saves(step):
                     self._save(step, finished=step == total)
-            sync_point = cfg.logging.due(step, total) or cfg.checkpoint.due(step, total)
+            sync_point = plan.logs(step) or plan.saves(step)  # N processes agree on what they met
             if sync_point:
                 self._share_bad_records()
             if step < total and self.preemption.agreed(self.d, sync_point):
                 return self._preempt(step)
-            if cfg.training.stops_at(step, total):
+            if plan.stops(step):
                 return self._stop_early(step, total)
         return self._finish(step)
 
     def _next_batch(self, step: int) -> torch.Tensor:
         """The batch of ``step``, unless bad records ran over budget or a data file changed."""
         bad, train = self.data.bad_records, self.data.train
-        # read ahead, the count may already include later batches: the prefetcher knows where it was
-        over = train.over_budget if isinstance(train, Prefetcher) else bad is not None and bad.exceeded
+        if isinstance(train, Prefetcher):  # read ahead, the count may include later batches
+            over = train.over_budget
+        else:  # a run that skipped nothing (the common case) has nothing to judge
+            over = bad is not None and bad.count > 0 and bad.exceeded
         if over:
             raise bad.error(self._stop_for_data(step))
         try:
@@ -274,12 +314,13 @@ class Trainer:
 
     def _account(self, step: int, batch: torch.Tensor, result: StepResult, window: LogWindow,
                  data_s: float) -> None:
-        self.guard.observe(step, result, self.state, self.console.line)
+        state = self.state
+        state.skipped_steps = self.guard.observe(step, result, state.skipped_steps, self.console.line)
         tokens = batch.shape[0] * (batch.shape[1] - 1)
-        self.state.step, self.state.tokens = step, self.state.tokens + tokens
+        state.step, state.tokens = step, state.tokens + tokens
         if self.epoch_mode:
             self.epoch_loss += result.loss.double()
-            self.state.epoch_steps += 1
+            state.epoch_steps += 1
         window.add(data_s, tokens)
         self.console.advance()
 
@@ -406,10 +447,3 @@ class Trainer:
                 "before its end." if bad.exceeded else "")
         self.console.line(bad.summary() + note)
         self.events.emit("bad_records", count=bad.count, budget=bad.budget, files=len(bad.per_file))
-
-    def _say_model(self) -> None:
-        size, runtime, d = self.parts.size, self.runtime, self.d
-        where = f" x {d.world_size} processes ({d.backend})" if d.enabled else ""
-        self.console.line(f"model {size['model']}: {size['params']:,} parameters | "
-                          f"{size['flops_per_token']:,} FLOPs/token ({size['formula']}) | device "
-                          f"{runtime.device}{where} {runtime.precision}")

@@ -11,7 +11,7 @@ import torch
 
 from helpers import CONFIGS, same_weights, tiny_args, untimed_metrics
 from lmlab.cli import main
-from lmlab.data.prefetch import Prefetcher, read_ahead
+from lmlab.data.loader import Prefetcher, read_ahead
 from lmlab.models.context_vector import ContextVectorConfig, ContextVectorLM
 from lmlab.models.transformer import Transformer, TransformerConfig
 from lmlab.training.graphs import use_cuda_graph

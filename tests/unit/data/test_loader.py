@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from helpers import write_jsonl
-from lmlab.data.loader import PackedLoader, validation_windows
+from lmlab.data.loader import PackedLoader
+from lmlab.data.pipeline import validation_windows
 from lmlab.data.sources import DataConfig, DocumentFile, Source, training_sources, validation_sources
 from lmlab.data.tokenizers import ByteTokenizer
 from lmlab.errors import LmlabError
