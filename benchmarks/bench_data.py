@@ -227,7 +227,7 @@ def prepared_rows(work: Path, args) -> list[tuple[str, str]]:
     large = work / "prepared_large"
     started = time.perf_counter()
     prepare(work / "large", large, 2)
-    rows.append((f"lmlab data prepare of the large corpus, 2 workers", f"{time.perf_counter() - started:.0f} s"))
+    rows.append(("lmlab data prepare of the large corpus, 2 workers", f"{time.perf_counter() - started:.0f} s"))
     rate = loader_rate(lambda: PreparedLoader(str(large), 32, 1024, seed=0))
     rows.append(("loader alone, prepared shards (memory-mapped)", f"{rate / 1e6:.1f} M tokens/s"))
     run = train_run([str(REPO / "configs/debug.yaml"), "data.source=prepared", f"data.path={large}", *TINY],
