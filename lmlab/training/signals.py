@@ -8,7 +8,10 @@ at once, as Python's default handler would.
 
 The request file is for schedulers whose signal reaches only the batch script (SLURM's
 ``--signal=B:USR1@120``): the script creates ``<run>/preempt.request`` and every rank of every
-node sees it on the shared filesystem; a new start removes it.
+node sees it on the shared filesystem; a new start removes it. A thread looks for it once a second
+(``WATCH_EVERY_S``), never the training loop: on a shared filesystem a ``stat`` can take
+milliseconds, or seconds when its metadata server is busy, and the loop would stall on it at every
+step. The loop reads one flag, ``pending``, set by the handlers and the watcher.
 """
 from __future__ import annotations
 
@@ -17,38 +20,33 @@ import signal
 import threading
 from pathlib import Path
 
-from lmlab.training import distributed
-from lmlab.training.distributed import Dist
-
 
 class PreemptionSignals:
-    """Context manager installing the handlers; ``requested`` says why the run should stop, if so."""
+    """Context manager installing the handlers (and watching for the request file); ``pending``
+    says the run should stop after this step, ``requested`` why."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
     INTERRUPT = "SIGINT"
+    WATCH_EVERY_S = 1.0
 
     def __init__(self, request_file: Path | None = None):
-        self.received: str | None = None
+        self.pending = False  # the loop stops after this step (several processes: once they agree)
+        self.received: str | None = None  # the signal's name
         self.request_file = request_file
+        self.request_seen = False
         self._previous: dict = {}
         self._interrupts = 0
+        self._stop_watching = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def requested(self) -> str | None:
         """The signal's name, ``"a preemption request"`` for the file, or None."""
         if self.received:
             return self.received
-        if self.request_file is not None and self.request_file.exists():
+        if self.request_seen:
             return f"a preemption request ({self.request_file.name})"
         return None
-
-    def agreed(self, d: Dist, sync_point: bool) -> bool:
-        """Whether to stop after this step. One process decides at every step; several agree (an
-        all-reduce) only at sync points (logging and checkpoint steps), so that they stop at the
-        same step without a collective, and a host sync, at every step."""
-        if not d.enabled:
-            return self.requested is not None
-        return sync_point and distributed.any_rank(self.requested is not None, d)
 
     def _handle(self, signum, _frame) -> None:
         name = signal.Signals(signum).name
@@ -63,14 +61,27 @@ class PreemptionSignals:
                 except OSError:
                     pass
         self.received = self.received or name
+        self.pending = True
+
+    def _watch(self) -> None:
+        while not self.request_file.exists():
+            if self._stop_watching.wait(self.WATCH_EVERY_S):
+                return
+        self.request_seen = self.pending = True
 
     def __enter__(self) -> "PreemptionSignals":
         if threading.current_thread() is threading.main_thread():  # handlers only work there
             for name in self.SIGNALS:
                 sig = getattr(signal, name)
                 self._previous[sig] = signal.signal(sig, self._handle)
+        if self.request_file is not None:
+            self._watcher = threading.Thread(target=self._watch, name="lmlab-preempt-watch", daemon=True)
+            self._watcher.start()
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._watcher is not None:
+            self._stop_watching.set()
+            self._watcher.join(timeout=self.WATCH_EVERY_S)

@@ -76,6 +76,15 @@ class Resume:
         return self.step >= total_steps or (bool(self.saved.get("finished")) and planned == total_steps)
 
 
+def prepare_resume(run_dir: Path, is_main: bool, say) -> Resume | None:
+    """The checkpoint to resume from (``find_resume``); rank 0 first makes the run directory and
+    removes a preemption request the previous attempt already obeyed."""
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / rundir.PREEMPT_FILE).unlink(missing_ok=True)
+    return find_resume(run_dir, say)
+
+
 def find_resume(run_dir: Path, say) -> Resume | None:
     """The checkpoint to resume from (None for a new run), after removing what interrupted saves
     left behind; ``say`` prints a line."""

@@ -50,7 +50,7 @@ from lmlab.training.optim import lr_at, warmup_warnings
 from lmlab.training.parts import NonFiniteGuard, StepResult, TrainingParts, build_parts
 from lmlab.training.signals import PreemptionSignals
 from lmlab.training.sinks import MetricSinks, NullSink, build_sinks, truncate_metrics
-from lmlab.training.state import (Resume, TrainState, find_resume, publish_interrupted, restore,
+from lmlab.training.state import (Resume, TrainState, prepare_resume, publish_interrupted, restore,
                                   saved_state)
 
 
@@ -131,7 +131,8 @@ class Trainer:
 
     def run(self) -> dict:
         """Train; returns the summary (status, step, failed evaluations, last validation)."""
-        resume = distributed.main_first(self.d, self._prepare_run_dir)
+        resume = distributed.main_first(self.d, lambda: prepare_resume(self.run_dir, self.d.is_main,
+                                                                       self.console.line))
         self._build_data()
         if resume and self._already_finished(resume):
             return {"status": "finished", "step": resume.step, "resumed": True}
@@ -154,14 +155,6 @@ class Trainer:
         self._say_bad_records()
         self.harness.report_failures(self.state.failed_evals)
         return {**summary, "failed_evals": self.state.failed_evals}
-
-    def _prepare_run_dir(self) -> Resume | None:
-        """The checkpoint to resume from; rank 0 first removes what interrupted saves left behind and
-        a preemption request the previous attempt already obeyed."""
-        if self.d.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / rundir.PREEMPT_FILE).unlink(missing_ok=True)
-        return find_resume(self.run_dir, self.console.line)
 
     def _build_data(self) -> None:
         """Tokenizer, training loader, validation batches; rank 0 first (it writes the tokenizer)."""
@@ -270,11 +263,18 @@ class Trainer:
             sync_point = plan.logs(step) or plan.saves(step)  # N processes agree on what they met
             if sync_point:
                 self._share_bad_records()
-            if step < total and self.preemption.agreed(self.d, sync_point):
+            if step < total and self._stop_requested(sync_point):
                 return self._preempt(step)
             if plan.stops(step):
                 return self._stop_early(step, total)
         return self._finish(step)
+
+    def _stop_requested(self, sync_point: bool) -> bool:
+        """One process stops after the step a signal or request came in; several agree (an
+        all-reduce) only at sync points: no collective, and no host sync, at every step."""
+        if not self.d.enabled:
+            return self.preemption.pending
+        return sync_point and distributed.any_rank(self.preemption.pending, self.d)
 
     def _next_batch(self, step: int) -> torch.Tensor:
         """The batch of ``step``, unless bad records ran over budget or a data file changed."""

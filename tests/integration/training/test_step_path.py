@@ -1,7 +1,8 @@
 """How many lmlab files one training step passes through, from the loop to the model and back
-(issue 24: at most 8): a real run in this process, profiled on its main thread. A logging step
-(every ``logging.every``) also formats its console line and writes its metrics (``humanize``,
-``sinks``): two more files, held here at that. With read-ahead (``data.prefetch``, on by default on a GPU) the batches are read
+(issue 24: at most 8): a real run in this process, profiled on its main thread, one plain step and
+one logging step (every ``logging.every``: it also writes metrics.jsonl, ``sinks``). Counted as
+the issue counted its 16: ``humanize``, the bottom floor's number formatter that the console line
+calls, is not a stop of its own (the issue's console called it too). With read-ahead (``data.prefetch``, on by default on a GPU) the batches are read
 on another thread; without it (the CPU default) reading a batch is data/'s own business (the
 loader, its cursor, at a new document the reader and tokenizer), counted as the loader's one stop."""
 from __future__ import annotations
@@ -66,4 +67,4 @@ def test_a_training_step_passes_through_at_most_eight_lmlab_files(tmp_path, pref
     plain, logging = sorted(profile.files[2]), sorted(profile.files[4])  # step 4 logs
     print(f"\nplain step ({len(plain)} files): {plain}\nlogging step ({len(logging)} files): {logging}")
     assert len(plain) <= 8, plain
-    assert set(logging) - set(plain) <= {"humanize.py", "training/sinks.py"}, logging
+    assert len(set(logging) - {"humanize.py"}) <= 8, logging
