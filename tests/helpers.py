@@ -90,10 +90,13 @@ RECIPES = {
     "context_vector_early_stop": Recipe("newllm_wikitext2_baseline.yaml", (
         *TINY_CONTEXT_VECTOR, "model.dropout=0.1", "logging.every=5", "epochs=10", "training.patience=2",
         "training.min_delta=100.0"), reads="wikitext"),
-    # the references several processes must match (tests/system/distributed/test_torchrun.py): 20
-    # steps of a batch of 8, two readers (one per process on two); 2 epochs without dropout
+    # the references several processes must match (tests/system/distributed/test_torchrun.py,
+    # test_disjoint_readers.py): 20 steps of a batch of 8, two readers (one per process on two),
+    # each shuffling blocks of 16 documents (a resume at step 10 is several blocks in); 2 epochs
+    # without dropout
     "two_readers": Recipe("debug.yaml", (*TINY_TRANSFORMER, "data.batch_size=8", "steps=20", "checkpoint.every=10",
-                                         "logging.progress_bar=false", "data.readers=2"), reads="jsonl"),
+                                         "logging.progress_bar=false", "data.readers=2", "data.shuffle_buffer=16"),
+                          reads="jsonl"),
     "context_vector_two_epochs": Recipe("newllm_wikitext2_baseline.yaml", (
         *TINY_CONTEXT_VECTOR, "model.dropout=0.0", "logging.every=1", "logging.progress_bar=false", "epochs=2"),
         reads="wikitext"),
@@ -174,6 +177,18 @@ def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
     code = main(list(args))
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["lmlab", *args], code, out, err)
+
+
+def torchrun(args: list[str], nproc: int = 2, timeout: float = 120, script: list[str] | None = None,
+             **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m lmlab ARGS`` (or SCRIPT
+    ARGS): run to its end, or started in a session of its own with ``popen``'s Popen arguments."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", *(script or ["-m", "lmlab"]), *args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    if popen:
+        return subprocess.Popen(command, cwd=REPO, env=env, text=True, start_new_session=True, **popen)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def start_lmlab(args: list[str]) -> subprocess.Popen:
