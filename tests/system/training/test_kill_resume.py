@@ -19,7 +19,8 @@ from a seeded ``random.Random`` (step mode: 5 save, 8 random, 1 last; epoch mode
 Random timing alone cannot promise kills inside a save, hence the ``save`` kills; the test counts,
 from what each kill left on disk, how many really landed inside a save.
 
-Every (re)start is forked from a "zygote" process that has already imported torch and lmlab, so a
+Every (re)start is forked from a "zygote" process that has already imported torch, torch._dynamo
+(which torch's optimizers import on first use: over a second per restart otherwise) and lmlab, so a
 restart costs a fraction of a second instead of a fresh interpreter's ~3 s; each kill is a real
 SIGKILL of the process running ``lmlab.cli.main(["train", ...])``.
 """
@@ -59,7 +60,7 @@ EPOCH_MODE = ["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), *TINY_CO
 
 ZYGOTE = r"""
 import importlib, json, os, sys, traceback
-for name in ("torch", "numpy", "safetensors.torch", "lmlab.cli", "lmlab.preflight",
+for name in ("torch", "torch._dynamo", "numpy", "safetensors.torch", "lmlab.cli", "lmlab.preflight",
              "lmlab.apps.train", "lmlab.training.trainer", "lmlab.training.checkpoint",
              "lmlab.training.metrics", "lmlab.data.pipeline", "lmlab.models.registry",
              "lmlab.evaluation.validation", "lmlab.runlog"):
