@@ -79,10 +79,10 @@ RECIPES = {
         "steps=8", "model.dim=64", "model.max_seq_len=1024", "model.n_layers=2", "data.batch_size=4",
         "logging.every=4", "checkpoint.every=8", "eval.validation.max_steps=2")),
     # WikiText-2 from ../shared/data, its test split standing in for the train split (not bundled);
-    # 2 steps of its 12 an epoch (step mode), then validated
+    # 2 steps of 128 sequences (step mode), then validated
     "wikitext": Recipe("newllm_wikitext2.yaml", (
         f"data.path={SHARED_DATA / 'wikitext-2'}", "data.train_split=test", "data.val_split=valid",
-        "data.batch_size=512", "epochs=0", "steps=2", "model.embed_dim=16", "model.hidden_dim=32", "model.n_layers=1",
+        "data.batch_size=128", "epochs=0", "steps=2", "model.embed_dim=16", "model.hidden_dim=32", "model.n_layers=1",
         "model.context_dim=16", "eval.validation.max_steps=2", "precision=fp32", "device=cpu",
         "logging.every=1")),
     # the context-vector reference in epoch mode, stopped early after 3 of its 10 epochs (no epoch
