@@ -191,15 +191,6 @@ def torchrun(args: list[str], nproc: int = 2, timeout: float = 120, script: list
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def start_lmlab(args: list[str]) -> subprocess.Popen:
-    """``python -m lmlab ARGS`` started in the background, on one thread as the one_thread fixture
-    runs this process (the same thread count keeps CPU results bitwise comparable)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 def wait_until(done, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
     """Poll ``done()`` until it holds; fail naming ``what`` (with the output) if ``proc`` ends first."""
     deadline = time.monotonic() + timeout
