@@ -1,5 +1,5 @@
 import sys
 
-from lmlab.cli import main
+from lmlab.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -8,6 +8,7 @@ without a traceback; a traceback means a bug in lmlab.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -189,6 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def entry() -> int:
+    """The ``lmlab`` command (the console script, ``python -m lmlab``): ``main``, then ready to exit."""
+    code = main()
+    exit_soon()
+    return code
+
+
+def exit_soon() -> None:
+    """Just before the process exits: collect cyclic garbage once (finalizers that are due still
+    run), then freeze what is left, so that the interpreter's shutdown does not walk the object
+    graph of torch (and torch._dynamo, which its optimizers import) collection after collection:
+    that took 0.6-0.8 s of every command that trained, on 2 CPU cores, each torchrun worker too.
+    Only for a process that ends now: frozen objects are never collected."""
+    gc.collect()
+    gc.freeze()
 
 
 def _check_utf8(argv: list[str]) -> None:

@@ -78,10 +78,11 @@ RECIPES = {
     "quickstart_long_context": Recipe("quickstart.yaml", (
         "steps=8", "model.dim=64", "model.max_seq_len=1024", "model.n_layers=2", "data.batch_size=4",
         "logging.every=4", "checkpoint.every=8", "eval.validation.max_steps=2")),
-    # WikiText-2 from ../shared/data, its test split standing in for the train split (not bundled)
+    # WikiText-2 from ../shared/data, its test split standing in for the train split (not bundled);
+    # 2 steps of 128 sequences (step mode), then validated
     "wikitext": Recipe("newllm_wikitext2.yaml", (
         f"data.path={SHARED_DATA / 'wikitext-2'}", "data.train_split=test", "data.val_split=valid",
-        "data.batch_size=512", "epochs=1", "model.embed_dim=16", "model.hidden_dim=32", "model.n_layers=1",
+        "data.batch_size=128", "epochs=0", "steps=2", "model.embed_dim=16", "model.hidden_dim=32", "model.n_layers=1",
         "model.context_dim=16", "eval.validation.max_steps=2", "precision=fp32", "device=cpu",
         "logging.every=1")),
     # the context-vector reference in epoch mode, stopped early after 3 of its 10 epochs (no epoch
@@ -89,10 +90,13 @@ RECIPES = {
     "context_vector_early_stop": Recipe("newllm_wikitext2_baseline.yaml", (
         *TINY_CONTEXT_VECTOR, "model.dropout=0.1", "logging.every=5", "epochs=10", "training.patience=2",
         "training.min_delta=100.0"), reads="wikitext"),
-    # the references several processes must match (tests/system/distributed/test_torchrun.py): 20
-    # steps of a batch of 8, two readers (one per process on two); 2 epochs without dropout
+    # the references several processes must match (tests/system/distributed/test_torchrun.py,
+    # test_disjoint_readers.py): 20 steps of a batch of 8, two readers (one per process on two),
+    # each shuffling blocks of 16 documents (a resume at step 10 is several blocks in); 2 epochs
+    # without dropout
     "two_readers": Recipe("debug.yaml", (*TINY_TRANSFORMER, "data.batch_size=8", "steps=20", "checkpoint.every=10",
-                                         "logging.progress_bar=false", "data.readers=2"), reads="jsonl"),
+                                         "logging.progress_bar=false", "data.readers=2", "data.shuffle_buffer=16"),
+                          reads="jsonl"),
     "context_vector_two_epochs": Recipe("newllm_wikitext2_baseline.yaml", (
         *TINY_CONTEXT_VECTOR, "model.dropout=0.0", "logging.every=1", "logging.progress_bar=false", "epochs=2"),
         reads="wikitext"),
@@ -175,13 +179,16 @@ def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["lmlab", *args], code, out, err)
 
 
-def start_lmlab(args: list[str]) -> subprocess.Popen:
-    """``python -m lmlab ARGS`` started in the background, on one thread as the one_thread fixture
-    runs this process (the same thread count keeps CPU results bitwise comparable)."""
+def torchrun(args: list[str], nproc: int = 2, timeout: float = 120, script: list[str] | None = None,
+             **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m lmlab ARGS`` (or SCRIPT
+    ARGS): run to its end, or started in a session of its own with ``popen``'s Popen arguments."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", *(script or ["-m", "lmlab"]), *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.Popen([sys.executable, "-m", "lmlab", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if popen:
+        return subprocess.Popen(command, cwd=REPO, env=env, text=True, start_new_session=True, **popen)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def wait_until(done, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:

@@ -5,9 +5,10 @@ Three sources, looked up in this order, each only when the one before does not k
 1. lmlab's offline definitions (``tasks.KNOWN_TASKS``: piqa, hellaswag, nq_open), known without
    reading anything;
 2. the local task YAML folder ``eval.include_path``, indexed alone (a few files: instant);
-3. every task, group and tag lm-eval ships, plus that folder: lm-eval's ``TaskManager`` scans all its
-   ~14,000 task YAMLs (18 s or more), so that index is built at most once per process and only for a
-   name neither 1 nor 2 knows.
+3. every task, group and tag lm-eval ships, plus that folder: lm-eval's index of its ~14,000 task
+   YAMLs (6-36 s to build) is built once per lm-eval install and read from the user's cache after
+   that (``task_index``: its names alone for ``is_known``, in milliseconds), at most once per
+   process and only for a name neither 1 nor 2 knows.
 
 ``hub_datasets`` says which of a name's tasks read their documents from the Hugging Face hub (any
 ``dataset_path`` that is not a local builder such as ``json`` or ``text`` reading local files), so that
@@ -19,6 +20,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from lmlab.evaluation import task_index
 from lmlab.evaluation.tasks import KNOWN_TASKS
 
 #: ``datasets`` builders that read local files (``dataset_kwargs.data_files``), never the hub
@@ -28,10 +30,11 @@ LOCAL_BUILDERS = frozenset({"json", "csv", "text", "parquet", "arrow", "pandas",
 @functools.lru_cache(maxsize=None)
 def task_manager(include_path: str = "", defaults: bool = True) -> Any:
     """lm-eval's ``TaskManager`` over ``include_path`` (a folder, or "") and, with ``defaults``,
-    every task lm-eval ships; one per process for each pair (the defaults take seconds to index)."""
-    from lm_eval.tasks import TaskManager  # lazy: lm-eval, and its index is slow to build
+    every task lm-eval ships (their index from ``task_index``'s cache); one per process for each pair."""
+    from lm_eval.tasks import TaskManager  # lazy: lm-eval
 
-    return TaskManager(include_path=include_path or None, include_defaults=defaults)
+    local = TaskManager(include_path=include_path or None, include_defaults=False)
+    return task_index.with_shipped(local) if defaults else local
 
 
 def manager_for(names: list[str], include_path: str = "") -> Any:
@@ -48,17 +51,18 @@ def is_known(name: str, include_path: str = "") -> bool:
         return True
     if include_path and name in task_manager(include_path, False).task_index:
         return True
-    return name in task_manager(include_path, True).task_index
+    return name in task_index.shipped_names()
 
 
 def all_names(include_path: str = "") -> list[str]:
-    """Every name ``is_known`` accepts (builds the full index)."""
-    return list(KNOWN_TASKS) + task_manager(include_path, True).all_tasks
+    """Every name ``is_known`` accepts (reads the names of lm-eval's index)."""
+    local = task_manager(include_path, False).task_index if include_path else {}
+    return list(KNOWN_TASKS) + sorted(set(task_index.shipped_names()) | set(local))
 
 
 def _entry(name: str, include_path: str):
     index = task_manager(include_path, False).task_index if include_path else {}
-    return index.get(name) or task_manager(include_path, True).task_index.get(name)
+    return index.get(name) or task_index.shipped_entries().get(name)
 
 
 def leaf_configs(name: str, include_path: str = "", depth: int = 0) -> list[dict]:

@@ -161,7 +161,7 @@ def task_specs(cfg: EvalConfig, names: list[str]) -> tuple[list, Any, set[str]]:
     With ``data_dir`` lmlab's offline piqa/hellaswag/nq_open are built as Task objects (unless
     ``include_path`` defines a task of the same name); every other name is passed as a name, with
     the cheapest ``catalog`` manager that knows it (the local folder alone, else lm-eval's whole
-    index, built once per process). The standard tasks download from the hub.
+    index, read from its cache on disk). The standard tasks download from the hub.
     """
     offline = {n for n in names if cfg.data_dir and n in KNOWN_TASKS
                and not (cfg.include_path and n in catalog.task_manager(cfg.include_path, False).task_index)}

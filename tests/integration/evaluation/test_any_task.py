@@ -9,7 +9,7 @@ import pytest
 
 from helpers import SHARED_DATA, copy_run
 from lmlab.cli import main
-from lmlab.evaluation import catalog
+from lmlab.evaluation import catalog, task_index
 from lmlab.evaluation.config import EvalConfig, TaskSetting, check, task_settings
 from lmlab.evaluation.harness import LmlabLM
 from lmlab.evaluation.runner import run_evaluation
@@ -103,6 +103,17 @@ doc_to_target: label
     return folder
 
 
+def spy_on_lm_evals_index(monkeypatch) -> list[bool]:
+    """One item each time a manager is asked for (True: with lm-eval's own tasks) or lm-eval's index
+    of them is read (its cached names or entries, True)."""
+    built: list[bool] = []
+    real = catalog.task_manager
+    monkeypatch.setattr(catalog, "task_manager", lambda p="", d=True: built.append(d) or real(p, d))
+    for name in ("shipped_names", "shipped_entries"):
+        monkeypatch.setattr(task_index, name, lambda _real=getattr(task_index, name): built.append(True) or _real())
+    return built
+
+
 @pytest.fixture(scope="module")
 def tiny_run(trained_run, tmp_path_factory) -> Path:
     """A copy of the session's tiny transformer run: evaluating it writes its results into it."""
@@ -119,9 +130,7 @@ def test_per_task_entries_take_the_eval_defaults():
 
 def test_check_local_tasks_without_lm_evals_index(tmp_path, monkeypatch):
     folder = write_tasks(tmp_path / "tasks", wiki=tmp_path / "no_such.raw")
-    built = []
-    real = catalog.task_manager
-    monkeypatch.setattr(catalog, "task_manager", lambda p="", d=True: built.append(d) or real(p, d))
+    built = spy_on_lm_evals_index(monkeypatch)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     problems = check(EvalConfig(tasks=["colours4", {"task": "wiki_rolling", "limt": 2, "limit": 0},
                                        {"num_fewshot": 1}, "hub_task"], include_path=str(folder)))
@@ -132,7 +141,7 @@ def test_check_local_tasks_without_lm_evals_index(tmp_path, monkeypatch):
     assert f"task wiki_rolling reads {tmp_path / 'no_such.raw'}, which is missing" in text
     assert "hub, but HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set: hub_task (someorg/some_dataset" in text
     assert "colours4" not in text
-    assert built and not any(built)  # the local folder's index only: lm-eval's own was never built
+    assert built and not any(built)  # the local folder's index only: lm-eval's own was neither built nor read
     assert check(EvalConfig(include_path=str(tmp_path / "nowhere")))[0].key == "eval.include_path"
 
 
@@ -144,14 +153,12 @@ def test_eval_runs_local_yaml_tasks_with_per_task_settings(tiny_run, tmp_path, m
         real = getattr(LmlabLM, kind)
         monkeypatch.setattr(LmlabLM, kind, lambda self, reqs, *a, _k=kind, _r=real, **kw:
                             seen[_k].extend(r.args for r in reqs) or _r(self, reqs, *a, **kw))
-    built = []
-    real_manager = catalog.task_manager
-    monkeypatch.setattr(catalog, "task_manager", lambda p="", d=True: built.append(d) or real_manager(p, d))
+    built = spy_on_lm_evals_index(monkeypatch)
     tasks = "[{task: colours4, num_fewshot: 2}, {task: wiki_rolling, limit: 3}, piqa]"
     code = main(["eval", str(tiny_run), f"eval.include_path={folder}", f"eval.tasks={tasks}",
                  f"eval.data_dir={SHARED_DATA}", "eval.limit=5", "eval.validation.enabled=false", "--quiet"])
     assert code == 0, capsys.readouterr().err
-    assert not any(built)  # local and offline tasks only: lm-eval's 18-second index was never built
+    assert not any(built)  # local and offline tasks only: lm-eval's index was neither built nor read
     results = json.loads((tiny_run / "checkpoints" / "final" / "eval_results.json").read_text())
     got = {(r["task"], r["metric"]): r for r in results["results"]}
     colours = got[("colours4", "acc")]

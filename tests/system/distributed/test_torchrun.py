@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import RECIPES, REPO, assert_same_run, processes_mentioning
+from helpers import RECIPES, REPO, assert_same_run, copy_run, processes_mentioning, torchrun
 from lmlab.cli import main
 from lmlab.reports.status import run_status
 from lmlab.rundir import METRICS_FILE, read_jsonl, step_checkpoints
@@ -34,17 +34,6 @@ def transformer_args(corpus: Path, run: Path, *extra: str) -> list[str]:
     return TWO_READERS.argv(run, corpus, *extra)
 
 
-def torchrun(args: list[str], nproc: int = 2, timeout: float = 120, script: list[str] | None = None,
-             **popen) -> subprocess.CompletedProcess | subprocess.Popen:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N -m lmlab ARGS``."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", *(script or ["-m", "lmlab"]), *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    if popen:
-        return subprocess.Popen(command, cwd=REPO, env=env, text=True, start_new_session=True, **popen)
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def one_process(trained_run) -> Path:
     """The reference: the same run on one process (in this process, the session's)."""
@@ -52,9 +41,13 @@ def one_process(trained_run) -> Path:
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_train_what_one_process_trains(one_process, tiny_corpus, tmp_path, strategy):
-    run = tmp_path / "run"
-    out = torchrun(transformer_args(tiny_corpus, run, f"distributed.strategy={strategy}"))
+def test_two_processes_train_what_one_process_trains(one_process, tiny_corpus, tmp_path, strategy, request):
+    if strategy == "ddp":  # the session's (conftest.py), which test_disjoint_readers.py compares too
+        shared = request.getfixturevalue("straight_on_two")
+        run, out = shared.run, shared.out
+    else:
+        run = tmp_path / "run"
+        out = torchrun(transformer_args(tiny_corpus, run, f"distributed.strategy={strategy}"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert_same_run(one_process, run, rtol=RTOL)
     provenance = json.loads((run / "provenance.json").read_text())
@@ -70,14 +63,19 @@ def test_context_vector_epoch_mode_on_two_processes(trained_run, tiny_wikitext, 
     assert_same_run(trained_run("context_vector_two_epochs"), tmp_path / "two", rtol=RTOL)
 
 
-def test_a_stopped_run_resumes_on_two_or_on_one_process(one_process, tiny_corpus, tmp_path):
+def test_a_stopped_run_resumes_on_two_or_on_one_process(one_process, stopped_on_two, resumed_on_two, tiny_corpus,
+                                                          tmp_path):
     """The loader position is global: a resume on another number of processes continues the same
-    data order, and (no dropout here) the same numbers."""
+    data order, and (no dropout here) the same numbers. One 2-process run stopped at step 10 (the
+    session's, conftest.py), resumed on 2 processes (the session's) and, in a copy, on 1."""
+    out = stopped_on_two.out
+    assert out.returncode == 0 and "stopped at step 10/20" in out.stdout, out.stderr[-3000:]
     for resumed_on in (2, 1):
-        run = tmp_path / f"resumed-on-{resumed_on}"
-        out = torchrun(transformer_args(tiny_corpus, run, "training.stop_at=10"))
-        assert out.returncode == 0 and "stopped at step 10/20" in out.stdout, out.stderr[-3000:]
-        again = torchrun(transformer_args(tiny_corpus, run), nproc=resumed_on)
+        if resumed_on == 2:
+            run, again = resumed_on_two.run, resumed_on_two.out
+        else:
+            run = copy_run(stopped_on_two.run, tmp_path / f"resumed-on-{resumed_on}")
+            again = torchrun(transformer_args(tiny_corpus, run), nproc=resumed_on)
         assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-3000:]
         assert_same_run(one_process, run, rtol=RTOL)
 

@@ -1,5 +1,6 @@
-"""Faults a long run meets: a preemption signal (SIGTERM) to a real ``lmlab train`` process. The
-non-finite losses need no process of their own: tests/integration/training/test_faults.py.
+"""Faults a long run meets: a preemption signal (SIGTERM) to a real ``lmlab train`` process (forked
+from the session's zygote, tests/zygote.py). The non-finite losses need no process of their own:
+tests/integration/training/test_faults.py.
 
 The run it is compared with trains in-process, on one thread as the process does (start_lmlab):
 the same code, without a second torch start-up, bitwise comparable."""
@@ -9,14 +10,14 @@ import signal
 
 import pytest
 
-from helpers import logged_steps, same_weights, start_lmlab, tiny_args, wait_until
+from helpers import logged_steps, same_weights, tiny_args, wait_until
 from lmlab.cli import main
 from lmlab.reports.status import run_status
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_sigterm_saves_a_checkpoint_exits_0_and_resume_is_exact(tmp_path, jsonl_root, capsys):
+def test_sigterm_saves_a_checkpoint_exits_0_and_resume_is_exact(tmp_path, jsonl_root, capsys, start_lmlab):
     common = ["steps=60", "checkpoint.every=1000", "eval.validation.enabled=false"]
     straight = tmp_path / "straight"
     assert main(tiny_args(jsonl_root, straight, *common)) == 0

@@ -19,9 +19,11 @@ from a seeded ``random.Random`` (step mode: 5 save, 8 random, 1 last; epoch mode
 Random timing alone cannot promise kills inside a save, hence the ``save`` kills; the test counts,
 from what each kill left on disk, how many really landed inside a save.
 
-Every (re)start is forked from a "zygote" process that has already imported torch and lmlab, so a
-restart costs a fraction of a second instead of a fresh interpreter's ~3 s; each kill is a real
-SIGKILL of the process running ``lmlab.cli.main(["train", ...])``.
+Every (re)start is forked from the session's "zygote" process (tests/zygote.py), which has already
+imported torch, torch._dynamo (which torch's optimizers import on first use: over a second per
+restart otherwise) and lmlab, so a restart costs a fraction of a second instead of a fresh
+interpreter's ~3 s; each kill is a real SIGKILL of the process running
+``lmlab.cli.main(["train", ...])``.
 """
 from __future__ import annotations
 
@@ -29,9 +31,6 @@ import json
 import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -39,9 +38,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import CONFIGS, REPO, TINY_CONTEXT_VECTOR, TINY_TRANSFORMER, assert_same_run, data_overrides
+from helpers import CONFIGS, TINY_CONTEXT_VECTOR, TINY_TRANSFORMER, assert_same_run, data_overrides
 from lmlab.rundir import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, checkpoints_root, step_checkpoints,
                           step_name)
+from zygote import Child, Zygote
 
 SAVE_IN_PROGRESS = re.compile(r"\.tmp-(\d{10}|best|final)-\d+$")  # a save's / publish's temp dir
 
@@ -53,131 +53,6 @@ STEPS_PER_EPOCH, EPOCHS = 8, 6
 EPOCH_MODE = ["train", str(CONFIGS / "newllm_wikitext2_baseline.yaml"), *TINY_CONTEXT_VECTOR,
               "model.dropout=0.1", "logging.every=1", "logging.progress_bar=false", f"epochs={EPOCHS}",
               "checkpoint.every=1", "checkpoint.keep=1"]
-
-
-# --------------------------------------------------------------------------- processes
-
-ZYGOTE = r"""
-import importlib, json, os, sys, traceback
-for name in ("torch", "numpy", "safetensors.torch", "lmlab.cli", "lmlab.preflight",
-             "lmlab.apps.train", "lmlab.training.trainer", "lmlab.training.checkpoint",
-             "lmlab.training.metrics", "lmlab.data.pipeline", "lmlab.models.registry",
-             "lmlab.evaluation.validation", "lmlab.runlog"):
-    try:  # only a speed-up: whatever is missing is imported by the child itself
-        importlib.import_module(name)
-    except ImportError:
-        pass
-from lmlab.cli import main
-
-def child(args, log):
-    code = 1
-    try:
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(fd, 1); os.dup2(fd, 2); os.close(fd)
-        null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0); os.close(null)
-        sys.argv = ["lmlab", *args]
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        traceback.print_exc()
-    sys.stdout.flush(); sys.stderr.flush()
-    os._exit(code or 0)
-
-done = {}
-def reply(obj):
-    sys.stdout.write(json.dumps(obj) + "\n"); sys.stdout.flush()
-
-reply({"ready": True})
-while line := sys.stdin.readline():
-    req = json.loads(line)
-    if req["op"] == "start":
-        pid = os.fork()
-        if pid == 0:
-            child(req["args"], req["log"])
-        reply({"pid": pid})
-    elif req["op"] == "poll":
-        pid = req["pid"]
-        if pid not in done:
-            got, status = os.waitpid(pid, os.WNOHANG)
-            if got:
-                done[pid] = os.waitstatus_to_exitcode(status)
-        reply({"code": done.get(pid)})
-"""
-
-
-def child_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # tiny models on a busy 2-core machine
-    return env
-
-
-class Zygote:
-    """A process that imported torch and lmlab once and forks a training process per request."""
-
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], cwd=REPO, env=child_env(),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.children: list[Child] = []
-        assert self._read() == {"ready": True}
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        assert line, f"zygote died (exit {self.proc.poll()})"
-        return json.loads(line)
-
-    def call(self, **request) -> dict:
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def start(self, args: list[str], log: Path) -> "Child":
-        child = Child(self, self.call(op="start", args=args, log=str(log))["pid"], log)
-        self.children.append(child)
-        return child
-
-    def close(self) -> None:
-        for child in self.children:
-            child.kill()
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
-class Child:
-    def __init__(self, zygote: Zygote, pid: int, log: Path):
-        self.zygote, self.pid, self.log = zygote, pid, log
-        self.code: int | None = None  # known once a poll has reaped the process
-
-    def poll(self) -> int | None:
-        if self.code is None:
-            self.code = self.zygote.call(op="poll", pid=self.pid)["code"]
-        return self.code
-
-    def wait(self, timeout: float = 300) -> int:
-        deadline = time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"training did not finish in {timeout} s:\n{self.output()}")
-            time.sleep(0.02)
-        return code
-
-    def kill(self) -> bool:
-        """SIGKILL; True when that is what ended the process (not an exit of its own just before)."""
-        if self.code is not None:
-            return False
-        os.kill(self.pid, signal.SIGKILL)  # not reaped yet (only poll reaps), so the pid is still ours
-        return self.wait(60) == -signal.SIGKILL
-
-    def output(self) -> str:
-        return self.log.read_text() if self.log.is_file() else ""
-
-
-@pytest.fixture(scope="module")
-def zygote():
-    z = Zygote()
-    yield z
-    z.close()
 
 
 # --------------------------------------------------------------------------- what is on disk

@@ -1,7 +1,8 @@
 """One process per run directory (``lmlab.runlock``), and Ctrl-C: what two trainings started on one
 dump_dir, a holder killed with ``kill -9`` and a SIGINT leave behind.
 
-The processes that race, get killed or get a signal are real ``lmlab train`` subprocesses; the runs
+The processes that race, get killed or get a signal are real ``lmlab train`` processes, forked from
+the session's zygote (tests/zygote.py: torch and lmlab imported once, not at each start); the runs
 they are compared with train in-process (the same code, without a second torch start-up). Every
 one computes on one thread: on a shared 2-core machine that is several times faster than two
 threads fighting over the cores, and the same thread count keeps CPU results bitwise comparable."""
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-from helpers import logged_steps, same_weights, start_lmlab, tiny_args, wait_until
+from helpers import logged_steps, same_weights, tiny_args, wait_until
 from lmlab import rundir
 from lmlab.cli import main
 from lmlab.reports.status import run_status
@@ -35,7 +36,7 @@ SETTINGS = {"a": {"seed": 1, "lr": 1e-3}, "b": {"seed": 2, "lr": 2e-3}}
 
 
 @pytest.mark.parametrize("first", ["a", "b"])
-def test_two_trainings_on_one_run_dir_one_trains_the_other_is_refused(first, tmp_path, jsonl_root):
+def test_two_trainings_on_one_run_dir_one_trains_the_other_is_refused(first, tmp_path, jsonl_root, start_lmlab):
     run = tmp_path / "run"
     order = [first, "b" if first == "a" else "a"]
     procs = {}
@@ -68,7 +69,7 @@ def test_two_trainings_on_one_run_dir_one_trains_the_other_is_refused(first, tmp
     assert (run / rundir.LOCK_FILE).read_bytes() == b""  # released cleanly
 
 
-def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, jsonl_root, capsys):
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, jsonl_root, capsys, start_lmlab):
     run = tmp_path / "run"
     args = tiny_args(jsonl_root, run, QUIET, "steps=12", "checkpoint.every=4", "checkpoint.keep=0")
     proc = start_lmlab(args)
@@ -91,7 +92,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, jsonl_root, cap
 # --------------------------------------------------------------------------- Ctrl-C
 
 
-def test_ctrl_c_saves_a_checkpoint_exits_130_and_resume_is_exact(tmp_path, jsonl_root, capsys):
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_resume_is_exact(tmp_path, jsonl_root, capsys, start_lmlab):
     common = ["steps=30", "checkpoint.every=1000"]
     straight = tmp_path / "straight"
     assert main(tiny_args(jsonl_root, straight, QUIET, *common)) == 0
