@@ -69,6 +69,7 @@ while line := sys.stdin.readline():
             if got:
                 done[pid] = os.waitstatus_to_exitcode(status)
         reply({"code": done.get(pid)})
+os._exit(0)  # stdin closed: done (no interpreter shutdown walking torch's objects: it takes ~1 s)
 """
 
 

@@ -29,12 +29,13 @@ def planted_values() -> dict[str, str]:
 # machine is small and shared), each exactly as the command line runs it (sys.argv included).
 DRIVER = """
 import json, sys
-from lmlab.cli import main
+from lmlab.cli import exit_soon, main
 for name, argv in json.loads(sys.argv[1]):
     sys.argv = ["lmlab", *argv]
     print(f"@@ {name} start", flush=True); print(f"@@ {name} start", file=sys.stderr, flush=True)
     code = main(argv)
     print(f"@@ {name} exit {code}", flush=True)
+exit_soon()  # as lmlab.cli.entry ends the lmlab command
 """
 
 
