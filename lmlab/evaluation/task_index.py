@@ -62,7 +62,7 @@ def shipped_names() -> dict[str, str]:
     if cached is not None:
         return cached
     names = {name: entry.kind.name for name, entry in shipped_entries().items()}
-    _write(cache_file(folder, NAMES), stamp, names)
+    _write(cache_file(folder, NAMES), stamp, names, folder)
     return names
 
 
@@ -80,7 +80,8 @@ def shipped_entries() -> dict[str, Any]:
     index = TaskIndex.build([folder])
     encoded = _encode(index)
     if _round_trips(encoded):  # a config JSON cannot hold as it is (a date, a number as a key) is not cached
-        _write(cache_file(folder, ENTRIES), stamp, encoded)
+        _prune_gone()
+        _write(cache_file(folder, ENTRIES), stamp, encoded, folder)
     return index
 
 
@@ -155,14 +156,27 @@ def _read(path: Path, stamp: str) -> Any:
     return saved.get("data") if isinstance(saved, dict) and saved.get("stamp") == stamp else None
 
 
-def _write(path: Path, stamp: str, data: Any) -> None:
+def _write(path: Path, stamp: str, data: Any, folder: Path) -> None:
     """Write the cache file atomically; a folder that cannot be written only costs the next process
     the build."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps({"stamp": stamp, "data": data}))
+        write_text(path, json.dumps({"stamp": stamp, "folder": str(folder), "data": data}))
     except OSError:
         pass
+
+
+def _prune_gone() -> None:
+    """Remove the files of installs whose task folder is gone (a deleted environment), as the names
+    file of each says."""
+    for names in cache_folder().glob(f"lm_eval_tasks-*.{NAMES}.json"):
+        try:
+            folder = json.loads(names.read_text(encoding="utf-8")).get("folder")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if folder and not Path(folder).is_dir():
+            for kind in (NAMES, ENTRIES):
+                names.with_name(names.name.replace(f".{NAMES}.json", f".{kind}.json")).unlink(missing_ok=True)
 
 
 def _encode(index: dict[str, Any]) -> dict[str, list]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -101,6 +102,13 @@ def test_two_installs_sharing_the_cache_folder_keep_their_own_files(shipped, bui
     forget()
     assert task_index.shipped_names() == NAMES
     assert builds == [[shipped], [other]]  # the first install's files were still there
+    other_files = [task_index.cache_file(other, kind) for kind in (task_index.NAMES, task_index.ENTRIES)]
+    assert all(f.is_file() for f in other_files)
+    shutil.rmtree(other.parent)  # that environment deleted: its files go with the next build
+    (shipped / "alpha.yaml").write_text(SHIPPED["alpha.yaml"] + "# edited\n")
+    forget()
+    assert task_index.shipped_entries() and not any(f.exists() for f in other_files)
+    assert task_index.cache_file(shipped, task_index.ENTRIES).is_file()
 
 
 def test_a_damaged_cache_is_rebuilt_and_an_unwritable_one_is_skipped(shipped, builds, tmp_path, monkeypatch):
