@@ -5,11 +5,13 @@ lm-eval's ``TaskManager`` parses every task YAML it ships (~14,000 files, 6-36 s
 learn their names. lmlab needs that index for any ``eval.tasks`` name that is neither one of its
 offline tasks nor in ``eval.include_path``: each ``lmlab eval`` of an lm-eval task, each check of a
 misspelt name. It depends only on the installed lm-eval, so it is kept in the user's cache folder
-(``$LMLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/lmlab``, else ``~/.cache/lmlab``) as two files: the
-names and kinds (small: all ``is_known`` and "did you mean" read) and the entries with their raw
-configs (a group's members, a task's data source). Each file holds the stamp of what it was built
-from: lm-eval's version, its task folder, and lm-eval's installed RECORD (every installed file with
-its hash) or, for an editable install, every task YAML's path, size and mtime, so that an edit shows.
+(``$LMLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/lmlab``, else ``~/.cache/lmlab``) as two files per
+lm-eval install (``cache_file``: named after its task folder, so that environments sharing the
+folder keep their own): the names and kinds (small: all ``is_known`` and "did you mean" read) and
+the entries with their raw configs (a group's members, a task's data source). Each file holds the
+stamp of what it was built from: lm-eval's version, its task folder, and lm-eval's installed RECORD
+(every installed file with its hash) or, for an editable install, every task YAML's path, size and
+mtime, so that an edit shows.
 A file with another stamp, or one that cannot be read, is rebuilt; a cache folder that cannot be
 written leaves the index in memory for this process. Writes are atomic (a temporary file renamed).
 The local folder ``eval.include_path`` is never cached: it is indexed alone, a few files, at once.
@@ -28,7 +30,7 @@ from lmlab.atomic import write_text
 CACHE_ENV = "LMLAB_CACHE_DIR"
 #: bumped when the files' layout changes, so that an older lmlab's files are rebuilt
 FORMAT = 1
-NAMES_FILE, ENTRIES_FILE = "lm_eval_task_names.json", "lm_eval_task_entries.json"
+NAMES, ENTRIES = "names", "entries"  # the two files of an install: lm_eval_tasks-<folder digest>.<kind>.json
 #: folders lm-eval's index skips
 IGNORED_DIRS = frozenset({"__pycache__", ".ipynb_checkpoints"})
 
@@ -54,12 +56,13 @@ def shipped_folder() -> Path:
 @functools.lru_cache(maxsize=None)
 def shipped_names() -> dict[str, str]:
     """Every task, group and tag lm-eval ships: name -> kind ("TASK", "PY_TASK", "GROUP", "TAG")."""
-    stamp = _stamp(shipped_folder())
-    cached = _read(cache_folder() / NAMES_FILE, stamp)
+    folder = shipped_folder()
+    stamp = _stamp(folder)
+    cached = _read(cache_file(folder, NAMES), stamp)
     if cached is not None:
         return cached
     names = {name: entry.kind.name for name, entry in shipped_entries().items()}
-    _write(cache_folder() / NAMES_FILE, stamp, names)
+    _write(cache_file(folder, NAMES), stamp, names, folder)
     return names
 
 
@@ -69,7 +72,7 @@ def shipped_entries() -> dict[str, Any]:
     name -> ``lm_eval.tasks._index.Entry``."""
     folder = shipped_folder()
     stamp = _stamp(folder)
-    cached = _read(cache_folder() / ENTRIES_FILE, stamp)
+    cached = _read(cache_file(folder, ENTRIES), stamp)
     if cached is not None:
         return _decode(cached)
     from lm_eval.tasks._index import TaskIndex  # lazy: lm-eval
@@ -77,7 +80,8 @@ def shipped_entries() -> dict[str, Any]:
     index = TaskIndex.build([folder])
     encoded = _encode(index)
     if _round_trips(encoded):  # a config JSON cannot hold as it is (a date, a number as a key) is not cached
-        _write(cache_folder() / ENTRIES_FILE, stamp, encoded)
+        _prune_gone()
+        _write(cache_file(folder, ENTRIES), stamp, encoded, folder)
     return index
 
 
@@ -102,6 +106,12 @@ def with_shipped(manager: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- the files
+
+
+def cache_file(folder: Path, kind: str) -> Path:
+    """The cache file of ``kind`` (NAMES, ENTRIES) for the task folder ``folder``: one pair per lm-eval
+    install, so that several environments sharing the cache folder do not rebuild each other's."""
+    return cache_folder() / f"lm_eval_tasks-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}.{kind}.json"
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,14 +156,27 @@ def _read(path: Path, stamp: str) -> Any:
     return saved.get("data") if isinstance(saved, dict) and saved.get("stamp") == stamp else None
 
 
-def _write(path: Path, stamp: str, data: Any) -> None:
+def _write(path: Path, stamp: str, data: Any, folder: Path) -> None:
     """Write the cache file atomically; a folder that cannot be written only costs the next process
     the build."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps({"stamp": stamp, "data": data}))
+        write_text(path, json.dumps({"stamp": stamp, "folder": str(folder), "data": data}))
     except OSError:
         pass
+
+
+def _prune_gone() -> None:
+    """Remove the files of installs whose task folder is gone (a deleted environment), as the names
+    file of each says."""
+    for names in cache_folder().glob(f"lm_eval_tasks-*.{NAMES}.json"):
+        try:
+            folder = json.loads(names.read_text(encoding="utf-8")).get("folder")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if folder and not Path(folder).is_dir():
+            for kind in (NAMES, ENTRIES):
+                names.with_name(names.name.replace(f".{NAMES}.json", f".{kind}.json")).unlink(missing_ok=True)
 
 
 def _encode(index: dict[str, Any]) -> dict[str, list]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def test_the_index_is_built_once_then_read_from_the_cache(shipped, builds, monke
     assert builds == [[shipped]]
     assert built == entries(TaskIndex.build([shipped]))
     cache = task_index.cache_folder()
-    assert json.loads((cache / task_index.NAMES_FILE).read_text())["data"] == NAMES
+    assert json.loads(task_index.cache_file(shipped, task_index.NAMES).read_text())["data"] == NAMES
     forget()
     monkeypatch.setattr(TaskIndex, "build", staticmethod(lambda *a, **kw: pytest.fail("rebuilt")))
     assert task_index.shipped_names() == NAMES
@@ -89,13 +90,34 @@ def test_an_edited_task_file_or_another_lm_eval_rebuilds_the_index(shipped, buil
     assert len(builds) == 3
 
 
+def test_two_installs_sharing_the_cache_folder_keep_their_own_files(shipped, builds, tmp_path, monkeypatch):
+    other = tmp_path / "other_env" / "tasks"
+    other.mkdir(parents=True)
+    (other / "gamma.yaml").write_text("task: gamma\n")
+    assert task_index.shipped_names() == NAMES
+    monkeypatch.setattr(task_index, "shipped_folder", lambda: other)
+    forget()
+    assert task_index.shipped_names() == {"gamma": "TASK"}
+    monkeypatch.setattr(task_index, "shipped_folder", lambda: shipped)
+    forget()
+    assert task_index.shipped_names() == NAMES
+    assert builds == [[shipped], [other]]  # the first install's files were still there
+    other_files = [task_index.cache_file(other, kind) for kind in (task_index.NAMES, task_index.ENTRIES)]
+    assert all(f.is_file() for f in other_files)
+    shutil.rmtree(other.parent)  # that environment deleted: its files go with the next build
+    (shipped / "alpha.yaml").write_text(SHIPPED["alpha.yaml"] + "# edited\n")
+    forget()
+    assert task_index.shipped_entries() and not any(f.exists() for f in other_files)
+    assert task_index.cache_file(shipped, task_index.ENTRIES).is_file()
+
+
 def test_a_damaged_cache_is_rebuilt_and_an_unwritable_one_is_skipped(shipped, builds, tmp_path, monkeypatch):
     cache = task_index.cache_folder()
     cache.mkdir()
-    for name in (task_index.NAMES_FILE, task_index.ENTRIES_FILE):
-        (cache / name).write_text('{"stamp": "')
+    for kind in (task_index.NAMES, task_index.ENTRIES):
+        task_index.cache_file(shipped, kind).write_text('{"stamp": "')
     assert task_index.shipped_names() == NAMES
-    assert json.loads((cache / task_index.ENTRIES_FILE).read_text())["data"]["beta"][0] == "TASK"
+    assert json.loads(task_index.cache_file(shipped, task_index.ENTRIES).read_text())["data"]["beta"][0] == "TASK"
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
     monkeypatch.setenv(task_index.CACHE_ENV, str(not_a_folder))
