@@ -69,6 +69,22 @@ class RunLock:
         self._fd = fd
         return self
 
+    def refuse_if_held(self) -> None:
+        """Raise the refusal ``acquire`` would raise while another process holds the lock; takes
+        nothing and creates nothing. ``--nproc`` asks before it starts its processes, so that a
+        second job on a run is refused in a second, not after N processes have imported torch."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return  # no lock file yet: nobody holds it (acquire reports a folder it cannot create)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts with a holder's LOCK_EX only
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LmlabError(self._refusal()) from None
+        finally:
+            os.close(fd)  # releases the shared lock at once
+
     def release(self) -> None:
         """Empty the file (a clean end: nothing to take over), then unlock."""
         fd, self._fd = self._fd, None

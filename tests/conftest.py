@@ -21,8 +21,8 @@ from lmlab.rundir import resolve_checkpoint
 
 # Three tiers, one folder each: unit/ (no training run), integration/ (runs trained in this process),
 # system/ (what starts processes: torchrun, `python -m lmlab`, kill -9, signals, SLURM). The system
-# marker follows the folder, so `python -m pytest -q -m "not system"` is the edit loop and README's
-# plain command runs all three.
+# marker follows the folder, so `python -m pytest -q -n auto -m "not system"` is the edit loop and
+# README's plain command runs all three.
 TESTS = Path(__file__).parent
 SYSTEM_TIER = TESTS / "system"
 
@@ -34,10 +34,28 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# README's commands run the tests on every core (pytest-xdist, `-n auto --dist loadgroup`). A worker
+# builds its own session fixtures, so the system tests that share costly ones run on one worker:
+# the 2-process torchrun runs of RECIPES["two_readers"] (tests/system/distributed/conftest.py) and
+# the zygote (tests/zygote.py). Every other system module stays on one worker too (its module
+# fixtures start processes); in-process tests are dealt out one by one.
+SHARED_SESSION_FIXTURES = {
+    "two_readers": ("distributed/test_torchrun.py", "distributed/test_disjoint_readers.py"),
+    "zygote": ("training/test_kill_resume.py", "training/test_run_lock.py", "training/test_faults.py"),
+}
+
+
+def xdist_group(path: Path) -> str:
+    module = path.relative_to(SYSTEM_TIER).as_posix()
+    return next((group for group, modules in SHARED_SESSION_FIXTURES.items() if module in modules), module)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's -m selection and xdist's grouping read the markers
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if SYSTEM_TIER in item.path.parents:
             item.add_marker(pytest.mark.system)
+            item.add_marker(pytest.mark.xdist_group(xdist_group(item.path)))
 
 
 @pytest.fixture

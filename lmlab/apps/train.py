@@ -41,7 +41,8 @@ def _run(args) -> int:
     if args.nproc is not None and args.nproc < 1:
         raise LmlabError(f"--nproc must be >= 1, got {args.nproc}. Fix: --nproc 1 or more (one per GPU).")
     if args.nproc is not None and not distributed.launched_by_torchrun():
-        load_and_check(args.config, args.overrides, world_size=args.nproc)  # refuse before launching
+        cfg = load_and_check(args.config, args.overrides, world_size=args.nproc)  # refuse before launching
+        RunLock(cfg.dump_dir).refuse_if_held()
         return launcher.launch_local(args.nproc, _without_nproc(args.argv), args.argv)
     cfg = load_and_check(args.config, args.overrides)
     d = distributed.setup(cfg.distributed, cfg.device)

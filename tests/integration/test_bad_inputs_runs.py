@@ -48,6 +48,11 @@ def setup_locked(ctx: Ctx) -> list[str]:
     return ctx.train()
 
 
+def setup_locked_nproc(ctx: Ctx) -> list[str]:
+    """As ``setup_locked``, with ``--nproc 2``: refused before any process is started."""
+    return [*setup_locked(ctx), "--nproc", "2"]
+
+
 def setup_old_run(ctx: Ctx) -> list[str]:
     """A run written before the marker existed resumes as before."""
     for name in (rundir.RUN_MARKER, rundir.LOCK_FILE):
@@ -76,6 +81,9 @@ CASES = [
          ("{run} is in use: another lmlab train holds {run}/.lock",
           f"pid {os.getpid()} on host {socket.gethostname()}", "Fix: wait for that run to end",
           "or set dump_dir to another folder")),
+    Case("run_locked_nproc_refused_before_launching", setup_locked_nproc,
+         ("{run} is in use: another lmlab train holds {run}/.lock",
+          f"pid {os.getpid()} on host {socket.gethostname()}", "Fix: wait for that run to end")),
     Case("old_run_without_marker_resumes", setup_old_run, ("resuming {run} from checkpoint 0000000003",),
          code=0, rewrites=("provenance.json",)),
     Case("old_slurm_folder_trains", setup_old_slurm_dir, ("finished after 1 steps",), code=0),
@@ -89,7 +97,7 @@ def test_bad_run_dir(case: Case, bad_input_base, tmp_path, monkeypatch, capsys):
         assert snapshot(result.ctx.watched) == result.before
     if case.id == "empty_dump_dir":
         assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["config.yaml", "notes.txt"]
-    if case.id == "run_locked_by_a_live_process":
+    if case.id.startswith("run_locked"):
         events = (result.ctx.run / rundir.EVENTS_FILE).read_text()
         assert events == (bad_input_base["resumable"] / rundir.EVENTS_FILE).read_text()  # no run_start of its own
     if case.code == 0:

@@ -36,6 +36,7 @@ def make(cfg, block_docs=4, batch=3, seq=16, seed=1):
     return PackedLoader(training_sources(cfg), ByteTokenizer(), batch, seq, seed, block_docs=block_docs)
 
 
+@pytest.mark.filterwarnings("ignore:.*malformed JSON.*skipped, not trained on:UserWarning")  # the planted bad line
 def test_resume_at_any_batch_gives_the_same_batches(tmp_path):
     cfg = corpus(tmp_path, bad_line=4)
     straight = make(cfg)
@@ -100,6 +101,7 @@ def test_a_file_rewritten_under_the_reader_stops_it_at_its_position(tmp_path):
     assert json.dumps(loader.state_dict()) == before  # the position of the last batch served
 
 
+@pytest.mark.filterwarnings("ignore:.*malformed JSON.*skipped, not trained on:UserWarning")  # the planted bad line
 def test_a_repaired_line_moves_offsets_and_the_resume_finds_its_line(tmp_path):
     cfg = corpus(tmp_path, bad_line=2)
     straight = make(cfg, block_docs=2)
