@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +45,7 @@ class RunLock:
         """Take the lock or raise ``LmlabError`` naming its holder and the fix."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+            fd = self._open(os.O_RDWR | os.O_CREAT)  # not inherited by child processes
         except OSError as err:
             raise LmlabError(f"cannot create the lock file {self.path}: {err.strerror or err}. Fix: set "
                              "dump_dir to a writable location.") from None
@@ -74,9 +75,11 @@ class RunLock:
         nothing and creates nothing. ``--nproc`` asks before it starts its processes, so that a
         second job on a run is refused in a second, not after N processes have imported torch."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = self._open(os.O_RDONLY)
+        except FileNotFoundError:
+            return  # no lock file yet: nobody holds it
         except OSError:
-            return  # no lock file yet: nobody holds it (acquire reports a folder it cannot create)
+            return  # acquire, in the workers, says why the file cannot be opened
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts with a holder's LOCK_EX only
         except OSError as err:
@@ -84,6 +87,20 @@ class RunLock:
                 raise LmlabError(self._refusal()) from None
         finally:
             os.close(fd)  # releases the shared lock at once
+
+    def _open(self, flags: int) -> int:
+        """The lock file's descriptor. Anything but a regular file there (a folder, a FIFO, a device)
+        is not a lock lmlab wrote: refused, and left as it is."""
+        try:
+            fd = os.open(self.path, flags | os.O_NONBLOCK, 0o644)  # NONBLOCK: a FIFO must not hang the open
+        except IsADirectoryError:
+            fd = None
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
+                os.close(fd)
+            raise LmlabError(f"{self.path} is not a regular file, so not a lock lmlab wrote. Fix: move it "
+                             "away, or set dump_dir to another folder.")
+        return fd
 
     def release(self) -> None:
         """Empty the file (a clean end: nothing to take over), then unlock."""

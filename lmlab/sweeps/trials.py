@@ -200,7 +200,8 @@ def early_stop_problems(spec: SweepSpec, configs: dict[str, RunConfig]) -> list[
             problems.append(Problem("early_stop", f"trial {name} does not validate "
                                     "(eval.validation.enabled is false).", "set eval.validation.enabled=true"))
         else:
-            missing = [s for s in spec.early_stop["steps"] if s >= cfg.steps or not Schedule.of(cfg, cfg.steps).validates(s)]
+            plan = Schedule.of(cfg, cfg.steps)
+            missing = [s for s in spec.early_stop["steps"] if s >= cfg.steps or not plan.validates(s)]
             if missing:
                 problems.append(Problem("early_stop.steps", f"{missing} are not validation steps before the "
                                         f"end of trial {name} (steps={cfg.steps}, eval.validation.every="

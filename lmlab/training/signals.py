@@ -30,7 +30,9 @@ class PreemptionSignals:
     WATCH_EVERY_S = 1.0
 
     def __init__(self, request_file: Path | None = None):
-        self.pending = False  # the loop stops after this step (several processes: once they agree)
+        # the loop reads this at every step: a plain flag (set by the handlers and the watcher), not
+        # a property computed from ``received`` and ``request_seen``, so the step makes no call here
+        self.pending = False
         self.received: str | None = None  # the signal's name
         self.request_file = request_file
         self.request_seen = False
@@ -64,10 +66,16 @@ class PreemptionSignals:
         self.pending = True
 
     def _watch(self) -> None:
-        while not self.request_file.exists():
+        while not self._request_exists():
             if self._stop_watching.wait(self.WATCH_EVERY_S):
                 return
         self.request_seen = self.pending = True
+
+    def _request_exists(self) -> bool:
+        try:
+            return self.request_file.exists()
+        except OSError:  # e.g. a folder above lost its search permission: not seen yet, look again
+            return False
 
     def __enter__(self) -> "PreemptionSignals":
         if threading.current_thread() is threading.main_thread():  # handlers only work there

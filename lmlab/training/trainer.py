@@ -11,9 +11,9 @@ Step mode (``steps``) streams packed windows; epoch mode (``epochs`` > 0) passes
 of sequences, validating and checkpointing at each epoch's end (with early stopping). When the loop
 logs, validates, checkpoints and stops is its ``Schedule``, one place for ``logging.every``,
 ``eval.validation.every``, ``checkpoint.every`` and ``training.stop_at``; at a checkpoint the
-harness tasks decide for themselves (``eval.due``, ``evaluation.at_checkpoints``). The host reads values back from the device only where it
-must (a logging, validation or checkpoint step); ``NonFiniteGuard`` makes sure nothing computed
-from a non-finite step is logged or saved.
+harness tasks decide for themselves (``eval.due``, ``evaluation.at_checkpoints``). The host reads
+values back from the device only where it must (a logging, validation or checkpoint step);
+``NonFiniteGuard`` makes sure nothing computed from a non-finite step is logged or saved.
 
 Bad data never fails a read: the loader skips a bad record and counts it (``data.max_bad_records``).
 When the batch of step ``s`` took the count over the budget, step ``s`` still trains (its batch is
@@ -281,7 +281,7 @@ class Trainer:
         bad, train = self.data.bad_records, self.data.train
         if isinstance(train, Prefetcher):  # read ahead, the count may include later batches
             over = train.over_budget
-        else:  # a run that skipped nothing (the common case) has nothing to judge
+        else:  # the count first: a field read at every step; the budget rule once a record was skipped
             over = bad is not None and bad.count > 0 and bad.exceeded
         if over:
             raise bad.error(self._stop_for_data(step))

@@ -44,3 +44,31 @@ def test_the_watcher_ends_with_the_loop_when_no_request_came(tmp_path):
         assert any(t.name == "lmlab-preempt-watch" for t in threading.enumerate())
     assert not signals.pending
     assert not any(t.name == "lmlab-preempt-watch" for t in threading.enumerate())
+
+
+def test_the_watcher_outlives_a_filesystem_error_and_sees_the_request_after_it(tmp_path, monkeypatch):
+    """A folder above the run losing its search permission (EACCES from stat) is no request and no
+    traceback from the thread: the watcher looks again."""
+    monkeypatch.setattr(PreemptionSignals, "WATCH_EVERY_S", 0.01)
+    request = tmp_path / "preempt.request"
+    failing = threading.Event()
+    failing.set()
+    real_exists = type(request).exists
+
+    def exists(path):
+        if path == request and failing.is_set():
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_exists(path)
+
+    monkeypatch.setattr(type(request), "exists", exists)
+    crashed = []
+    monkeypatch.setattr(threading, "excepthook", crashed.append)
+    with PreemptionSignals(request) as signals:
+        request.touch()
+        time.sleep(0.1)
+        assert not signals.pending and not crashed
+        failing.clear()
+        deadline = time.monotonic() + 10
+        while not signals.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert signals.pending and not crashed
